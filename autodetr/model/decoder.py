@@ -1,0 +1,85 @@
+"""3D Deformable DETR decoder with iterative box refinement (Zhu et al. 2020, with_box_refine).
+
+Queries: a learned embedding split into query position and content (tgt). Reference boxes: layer 0
+uses boxes predicted from the query position (sigmoid(Linear(query_pos)), 6-d, so every layer uses the
+box-scaled sampling offsets of the 4-d reference variant); layer k > 0 uses the box refined by layer
+k - 1, DETACHED. Layer k refines its reference box r_k into b_k = sigmoid(inverse_sigmoid(r_k) +
+MLP_k(h_k)) with h_k the layer's output features.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .deformable_attention import MultiScaleDeformableAttention3D
+from .heads import MLP, inverse_sigmoid
+
+
+@dataclass
+class DecoderOutput:
+    """features h_k [L_dec, B, N, f]; reference_boxes r_k [L_dec, B, N, 6] (the box layer k sampled around and
+    refined from: r_0 learned, with gradient; r_k = b_{k-1}.detach()); refined_boxes b_k [L_dec, B, N, 6]."""
+
+    features: torch.Tensor
+    reference_boxes: torch.Tensor
+    refined_boxes: torch.Tensor
+
+
+class DeformableDecoderLayer(nn.Module):
+    """Query self-attention, multi-scale deformable cross-attention, FFN; each with residual + LayerNorm."""
+
+    def __init__(self, dim: int, heads: int, levels: int, points: int, ffn_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.cross_attention = MultiScaleDeformableAttention3D(dim, levels, heads, points)
+        self.dropout2 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.dropout3 = nn.Dropout(dropout)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, tgt, query_pos, reference_boxes, values, level_scales) -> torch.Tensor:
+        q = k = tgt + query_pos
+        attended = self.self_attention(q, k, tgt, need_weights=False)[0]
+        tgt = self.norm1(tgt + self.dropout1(attended))
+        attended = self.cross_attention(tgt + query_pos, reference_boxes, values, level_scales)
+        tgt = self.norm2(tgt + self.dropout2(attended))
+        return self.norm3(tgt + self.dropout3(self.ffn(tgt)))
+
+
+class DeformableDecoder(nn.Module):
+    """N learned queries -> per-layer features, reference boxes and refined boxes (see `DecoderOutput`)."""
+
+    def __init__(self, dim: int, num_queries: int, layers: int, heads: int, levels: int, points: int, ffn_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.dim = dim
+        self.query_embed = nn.Embedding(num_queries, 2 * dim)
+        self.initial_reference = nn.Linear(dim, 6)
+        self.layers = nn.ModuleList(DeformableDecoderLayer(dim, heads, levels, points, ffn_dim, dropout) for _ in range(layers))
+        self.box_refine = nn.ModuleList(MLP(dim, dim, 6, 3) for _ in range(layers))
+        nn.init.xavier_uniform_(self.initial_reference.weight)
+        nn.init.zeros_(self.initial_reference.bias)
+        for mlp in self.box_refine:
+            nn.init.zeros_(mlp.layers[-1].weight)
+            nn.init.zeros_(mlp.layers[-1].bias)
+
+    def forward(self, values: Sequence[torch.Tensor], level_scales: torch.Tensor) -> DecoderOutput:
+        batch = values[0].shape[0]
+        query_pos, tgt = self.query_embed.weight.split(self.dim, dim=-1)
+        query_pos = query_pos[None].expand(batch, -1, -1)
+        tgt = tgt[None].expand(batch, -1, -1)
+        reference = self.initial_reference(query_pos).sigmoid()
+        features, references, refined = [], [], []
+        for layer, refine in zip(self.layers, self.box_refine):
+            tgt = layer(tgt, query_pos, reference, values, level_scales)
+            boxes = (inverse_sigmoid(reference) + refine(tgt)).sigmoid()
+            features.append(tgt)
+            references.append(reference)
+            refined.append(boxes)
+            reference = boxes.detach()
+        return DecoderOutput(torch.stack(features), torch.stack(references), torch.stack(refined))

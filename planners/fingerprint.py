@@ -1,0 +1,114 @@
+"""Dataset fingerprint: nnU-Net's statistics (spacings, shapes after crop, foreground intensities),
+plus the detection statistics the planner needs (box sizes per class in mm, presence frequency per
+class, organs per case, boxes that touch the volume border, body extent in mm)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+
+from autodetr.parallel import progress_map
+from autodetr.preprocessing.cropping import crop_case
+from autodetr.preprocessing.raw_dataset import OrganClass, RawCase, read_case
+
+FOREGROUND_SAMPLES_TOTAL = 10_000_000
+
+
+def ct_channel_indices(dataset_json: dict) -> list[int]:
+    """Channels named CT (case-insensitive) get CT normalisation and the body crop."""
+    return [int(k) for k, name in dataset_json["channel_names"].items() if str(name).strip().lower() == "ct"]
+
+
+def analyse_case(raw_case: RawCase, classes: list[OrganClass], ct_channels: list[int], num_samples: int) -> dict:
+    """Statistics of one training case (runs in a worker process)."""
+    case = read_case(raw_case, classes)
+    image_cropped, label_cropped, crop_box = crop_case(case.image, case.label_map, ct_channels)
+    foreground, _ = DatasetFingerprintExtractor.collect_foreground_intensities(
+        (label_cropped if label_cropped is not None else np.zeros(image_cropped.shape[1:]))[None],
+        image_cropped,
+        num_samples=num_samples,
+    )
+    spacing = case.geometry.spacing_zyx
+    shape = np.asarray(case.geometry.shape_zyx)
+    extents_mm = (case.boxes[:, 3:] - case.boxes[:, :3]) * spacing if len(case.boxes) else np.zeros((0, 3))
+    touches = (case.boxes[:, :3] <= 0).any(1) | (case.boxes[:, 3:] >= shape).any(1) if len(case.boxes) else np.zeros(0, bool)
+    return {
+        "case_id": case.case_id,
+        "spacing": spacing.tolist(),
+        "shape_before_crop": shape.tolist(),
+        "shape_after_crop": list(image_cropped.shape[1:]),
+        "foreground_intensities": [np.asarray(f, dtype=np.float32) for f in foreground],
+        "box_label_values": case.box_label_values.tolist(),
+        "box_extents_mm": extents_mm.tolist(),
+        "box_touches_border": touches.tolist(),
+    }
+
+
+def _percentiles(values: np.ndarray) -> dict:
+    values = np.asarray(values, dtype=np.float64)
+    return {
+        "min": values.min(0).tolist(),
+        "p05": np.percentile(values, 5, axis=0).tolist(),
+        "median": np.median(values, axis=0).tolist(),
+        "p95": np.percentile(values, 95, axis=0).tolist(),
+        "max": values.max(0).tolist(),
+    }
+
+
+def aggregate(results: list[dict], classes: list[OrganClass], num_channels: int) -> dict:
+    """Combine per-case statistics into the fingerprint (nnU-Net keys kept as nnU-Net names them)."""
+    intensity_properties = {}
+    for channel in range(num_channels):
+        values = np.concatenate([r["foreground_intensities"][channel] for r in results if len(r["foreground_intensities"][channel])] or [np.zeros(1)])
+        p005, median, p995 = np.percentile(values, (0.5, 50.0, 99.5))
+        intensity_properties[str(channel)] = {
+            "mean": float(values.mean()), "median": float(median), "std": float(values.std()),
+            "min": float(values.min()), "max": float(values.max()),
+            "percentile_99_5": float(p995), "percentile_00_5": float(p005),
+        }
+    spacings = np.asarray([r["spacing"] for r in results])
+    shapes = np.asarray([r["shape_after_crop"] for r in results])
+    relative = [np.prod(r["shape_after_crop"]) / np.prod(r["shape_before_crop"]) for r in results]
+    per_class = {}
+    for organ in classes:
+        extents = [e for r in results for v, e in zip(r["box_label_values"], r["box_extents_mm"]) if v == organ.label_value]
+        cases_with = sum(organ.label_value in r["box_label_values"] for r in results)
+        per_class[organ.name] = {
+            "label_value": organ.label_value,
+            "presence_frequency": cases_with / len(results),
+            "num_boxes": len(extents),
+            "box_size_mm_zyx": _percentiles(extents) if extents else None,
+        }
+    organs_per_case = [len(r["box_label_values"]) for r in results]
+    touching = [t for r in results for t in r["box_touches_border"]]
+    return {
+        "num_cases": len(results),
+        "case_ids": [r["case_id"] for r in results],
+        "spacings": spacings.tolist(),
+        "shapes_after_crop": shapes.tolist(),
+        "foreground_intensity_properties_per_channel": intensity_properties,
+        "median_relative_size_after_cropping": float(np.median(relative)),
+        "body_extent_mm_zyx": _percentiles(shapes * spacings),
+        "detection": {
+            "per_class": per_class,
+            "organs_per_case": {
+                "min": int(np.min(organs_per_case)), "median": float(np.median(organs_per_case)),
+                "max": int(np.max(organs_per_case)),
+            },
+            "boxes_touching_border": int(np.sum(touching)),
+            "fraction_of_boxes_touching_border": float(np.mean(touching)) if touching else 0.0,
+        },
+    }
+
+
+def extract_fingerprint(
+    raw_cases: list[RawCase], classes: list[OrganClass], dataset_json: dict, num_processes: int = 2
+) -> dict:
+    """Fingerprint of the training cases, read in `num_processes` worker processes."""
+    ct_channels = ct_channel_indices(dataset_json)
+    num_samples = int(FOREGROUND_SAMPLES_TOTAL // max(1, len(raw_cases)))
+    num_samples = min(num_samples, 100_000)
+    arguments = [(case, classes, ct_channels, num_samples) for case in raw_cases]
+    results = progress_map(analyse_case, arguments, num_processes, "Fingerprint")
+    return aggregate(results, classes, len(dataset_json["channel_names"]))

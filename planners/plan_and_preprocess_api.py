@@ -1,0 +1,87 @@
+"""`autodetr_plan_and_preprocess` as a Python API: fingerprint -> plans -> preprocessed cases -> splits.
+
+Output under `$AUTODETR_preprocessed/DatasetXXX_Name/`:
+`dataset.json`, `dataset_fingerprint.json`, `splits_final.json`, and per plans name
+`<plans_name>/plans.json` with the cases `<plans_name>/<case>.npz` + `<case>.json`.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from autodetr.atomic_io import read_json, write_json
+from autodetr.errors import InputError
+from autodetr.paths import dataset_name_from_id, preprocessed_root, raw_root
+from autodetr.planners.fingerprint import extract_fingerprint
+from autodetr.planners.planner import PLANS_NAME, plan_experiment
+from autodetr.preprocessing.preprocess_dataset import preprocess_dataset
+from autodetr.preprocessing.raw_dataset import is_instance_form, list_cases, load_dataset_json, organ_classes
+from autodetr.preprocessing.splits import load_or_make_splits
+
+
+def default_preset() -> str:
+    """`gpu` when CUDA is available, else `cpu`."""
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def plans_folder(dataset_name: str, plans_name: str = PLANS_NAME) -> Path:
+    return preprocessed_root() / dataset_name / plans_name
+
+
+def load_plans(dataset_name: str, plans_name: str = PLANS_NAME) -> dict:
+    path = plans_folder(dataset_name, plans_name) / "plans.json"
+    if not path.is_file():
+        raise InputError(f"{path}: no plans; run autodetr_plan_and_preprocess -d {dataset_name} first")
+    return read_json(path)
+
+
+def plan_and_preprocess(
+    dataset: str | int,
+    preset: str | None = None,
+    plans_name: str = PLANS_NAME,
+    num_processes: int = 2,
+    preprocess: bool = True,
+    clean: bool = False,
+    **plan_options,
+) -> Path:
+    """Run the whole first half of the pipeline for one dataset; returns the plans folder."""
+    raw = raw_root()
+    dataset_name = dataset_name_from_id(dataset, [raw])
+    raw_folder = raw / dataset_name
+    if not raw_folder.is_dir():
+        raise InputError(f"{raw_folder}: dataset folder missing")
+    dataset_json = load_dataset_json(raw_folder)
+    instance_form = is_instance_form(raw_folder)
+    classes = organ_classes(dataset_json, instance_form)
+    raw_cases = list_cases(raw_folder, dataset_json)
+    if not raw_cases:
+        raise InputError(f"{raw_folder / 'imagesTr'}: no training images ending in {dataset_json['file_ending']}")
+    case_ids = [c.case_id for c in raw_cases]
+
+    output = preprocessed_root() / dataset_name
+    folder = output / plans_name
+    if clean and folder.exists():
+        shutil.rmtree(folder)
+    fingerprint_file = output / "dataset_fingerprint.json"
+    fingerprint = read_json(fingerprint_file) if fingerprint_file.is_file() and not clean else None
+    if fingerprint is None or fingerprint.get("case_ids") != case_ids:
+        fingerprint = extract_fingerprint(raw_cases, classes, dataset_json, num_processes)
+        write_json(fingerprint_file, fingerprint)
+    write_json(output / "dataset.json", dataset_json)
+
+    plans = plan_experiment(
+        fingerprint, dataset_json, classes, dataset_name, preset=preset or default_preset(), **plan_options
+    )
+    plans["plans_name"] = plans_name
+    plans_file = folder / "plans.json"
+    if plans_file.is_file() and read_json(plans_file) != plans:
+        # a different plan invalidates the preprocessed cases
+        for stale in list(folder.glob("*.npz")) + [p for p in folder.glob("*.json") if p.name != "plans.json"]:
+            stale.unlink()
+    write_json(plans_file, plans)
+    if preprocess:
+        preprocess_dataset(raw_cases, classes, plans, folder, num_processes)
+    load_or_make_splits(output / "splits_final.json", case_ids)
+    return folder

@@ -1,0 +1,254 @@
+"""Self-configuring planner: fingerprint -> plans.json.
+
+Every decision is stored with the values it came from under `plans["decisions"]`, so a user can read why
+the planner chose what it chose. Decisions, in order:
+
+1. Base spacing: nnU-Net's full-resolution target spacing (median, with its anisotropy rule).
+2. Transpose: the coarsest axis first, as nnU-Net does.
+3. Spacing and input size together: organs need global context, so the network sees the whole cropped
+   body. Starting from the base spacing, the finest axes are coarsened first (towards isotropy), then all
+   axes, until the 95th percentile of cropped body extents (mm) fits the preset's voxel budget. Bodies
+   larger than that are scaled down at preprocessing, never cut (inference never drops a part of a volume).
+4. Topology: nnU-Net's `get_pool_and_conv_props` gives strides per level for the planned spacing and input
+   size (and pads the input size to a multiple of the total stride). The CPU preset moves the first
+   downsampling into the stem, which makes a CPU iteration about ten times cheaper.
+5. Queries N = rho * M (M: the most organs in a case), DQM duplicates eta = ceil(lambda * rho) clipped to
+   [1, 5] (Organ-DETR Eq. 5; paper: rho 10, lambda 0.2).
+6. Loss weights of Organ-DETR Eq. 8 (2 / 5 / 2) and the Hungarian cost weights of Deformable DETR.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+from nnunetv2.preprocessing.resampling.default_resampling import ANISO_THRESHOLD
+
+from autodetr.errors import InputError
+from autodetr.preprocessing.raw_dataset import OrganClass
+
+PLANS_NAME = "autodetrPlans"
+
+#: Budgets per preset. Voxel budgets: CPU measured on 2 cores (docs/architecture.md), GPU after the
+#: 160 x 160 x 256 whole-CT inputs of the 3D DETR literature.
+PRESETS: dict[str, dict] = {
+    "cpu": {
+        "voxel_budget": 80 * 80 * 80,
+        "stem_channels": 16, "base_channels": 16, "max_channels": 128, "blocks_per_stage": 1,
+        "hidden_dim": 64, "num_feature_levels": 3,
+        "msa": {"patch_size": 2, "heads": 8, "depth": 1, "dropout": 0.1, "bias": False, "ffn_dim": 128},
+        "decoder": {"layers": 3, "heads": 8, "points": 4, "ffn_dim": 256, "dropout": 0.0},
+        "stride_in_stem": True, "batch_size": 2, "max_num_pool": 5,
+    },
+    "gpu": {
+        "voxel_budget": 160 * 160 * 256,
+        "stem_channels": 32, "base_channels": 32, "max_channels": 320, "blocks_per_stage": 2,
+        "hidden_dim": 256, "num_feature_levels": 3,
+        "msa": {"patch_size": 2, "heads": 64, "depth": 2, "dropout": 0.3, "bias": False, "ffn_dim": 1024},
+        "decoder": {"layers": 6, "heads": 8, "points": 4, "ffn_dim": 1024, "dropout": 0.1},
+        "stride_in_stem": False, "batch_size": 2, "max_num_pool": 5,
+    },
+}
+MIN_FEATURE_MAP_SIZE = 4
+DEFAULT_RHO = 10
+DEFAULT_LAMBDA = 0.2
+LATERAL_SUFFIXES = (("_left", "_right"), ("left_", "right_"))
+
+
+def base_target_spacing(fingerprint: dict) -> np.ndarray:
+    """nnU-Net's full-resolution target spacing (z, y, x), computed by nnU-Net's own planner method."""
+    planner_state = SimpleNamespace(
+        dataset_fingerprint={"spacings": fingerprint["spacings"], "shapes_after_crop": fingerprint["shapes_after_crop"]},
+        overwrite_target_spacing=None,
+        anisotropy_threshold=ANISO_THRESHOLD,
+    )
+    return np.asarray(ExperimentPlanner.determine_fullres_target_spacing(planner_state), dtype=np.float64)
+
+
+def transpose_from_spacing(spacing: np.ndarray) -> tuple[list[int], list[int]]:
+    """Coarsest axis first (nnU-Net's rule); the backward permutation undoes it."""
+    coarsest = int(np.argmax(spacing))
+    forward = [coarsest] + [axis for axis in range(3) if axis != coarsest]
+    backward = [forward.index(axis) for axis in range(3)]
+    return forward, backward
+
+
+def fit_spacing_to_budget(spacing: np.ndarray, extent_mm: np.ndarray, voxel_budget: int) -> np.ndarray:
+    """Coarsen `spacing` until `extent_mm / spacing` holds at most `voxel_budget` voxels: the finest axes
+    first (towards isotropy), then all axes together, in 2 % steps."""
+    spacing = np.asarray(spacing, dtype=np.float64).copy()
+    while np.prod(np.ceil(extent_mm / spacing)) > voxel_budget:
+        finest = spacing < spacing.max() * 0.999
+        spacing[finest if finest.any() else slice(None)] *= 1.02
+    return spacing
+
+
+def lateral_pairs(classes: list[OrganClass]) -> list[list[int]]:
+    """Pairs of class indices that swap under a left-right mirror (kidney_left / kidney_right, ...)."""
+    by_name = {c.name.lower(): c.index for c in classes}
+    pairs = []
+    for left_marker, right_marker in LATERAL_SUFFIXES:
+        for name, index in by_name.items():
+            if left_marker in name:
+                partner = by_name.get(name.replace(left_marker, right_marker))
+                if partner is not None and [index, partner] not in pairs:
+                    pairs.append([index, partner])
+    return pairs
+
+
+def _set_path(plans: dict, dotted: str, value) -> None:
+    node = plans
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        if key not in node or not isinstance(node[key], dict):
+            raise InputError(f"override '{dotted}': plans have no section '{key}'")
+        node = node[key]
+    if keys[-1] not in node:
+        raise InputError(f"override '{dotted}': plans have no key '{keys[-1]}' (see plans.json for the keys)")
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """`network.hidden_dim=128` -> ("network.hidden_dim", 128); values are JSON, else strings."""
+    if "=" not in text:
+        raise InputError(f"override '{text}': expected KEY=VALUE, e.g. network.hidden_dim=128")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def plan_experiment(
+    fingerprint: dict,
+    dataset_json: dict,
+    classes: list[OrganClass],
+    dataset_name: str,
+    preset: str = "cpu",
+    rho: float = DEFAULT_RHO,
+    matching_ratio: float = DEFAULT_LAMBDA,
+    spacing: list[float] | None = None,
+    input_size: list[int] | None = None,
+    backbone: str = "fpn",
+    overrides: dict | None = None,
+) -> dict:
+    """Make the plans dict (see docs/architecture.md for the keys the network and trainer read)."""
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset '{preset}', choose one of {sorted(PRESETS)}")
+    budget = PRESETS[preset]
+    decisions: dict[str, str] = {}
+
+    base = base_target_spacing(fingerprint)
+    forward, backward = transpose_from_spacing(base)
+    decisions["transpose_forward"] = f"coarsest axis of base spacing {np.round(base, 3).tolist()} first (nnU-Net rule)"
+    extent_p95 = np.asarray(fingerprint["body_extent_mm_zyx"]["p95"])[forward]
+    base_t = base[forward]
+
+    if spacing is not None:
+        target = np.asarray(spacing, dtype=np.float64)[forward]
+        decisions["spacing"] = "given on the command line"
+    else:
+        target = fit_spacing_to_budget(base_t, extent_p95, budget["voxel_budget"])
+        decisions["spacing"] = (
+            f"nnU-Net full-resolution spacing {np.round(base_t, 3).tolist()} coarsened (finest axes first) until the "
+            f"95th percentile body extent {np.round(extent_p95, 1).tolist()} mm fits the {preset} budget of "
+            f"{budget['voxel_budget']} voxels"
+        )
+    wanted_size = np.maximum(np.ceil(extent_p95 / target), MIN_FEATURE_MAP_SIZE).astype(int)
+    if input_size is not None:
+        wanted_size = np.asarray(input_size, dtype=int)[forward]
+    num_pool, pool_kernels, _, padded_size, divisible_by = get_pool_and_conv_props(
+        target.tolist(), wanted_size.tolist(), MIN_FEATURE_MAP_SIZE, budget["max_num_pool"]
+    )
+    size = [int(s) for s in padded_size]
+    decisions["input_size"] = (
+        f"95th percentile body extent / spacing = {wanted_size.tolist()} voxels"
+        + (" (given on the command line)" if input_size is not None else "")
+        + f", padded to a multiple of the total stride {list(map(int, divisible_by))} (nnU-Net get_pool_and_conv_props);"
+        " larger bodies are scaled down to fit at preprocessing, never cut"
+    )
+    strides = [list(map(int, k)) for k in pool_kernels[1:]]
+    if budget["stride_in_stem"] and strides:
+        stem_stride, stage_strides = strides[0], strides[1:]
+    else:
+        stem_stride, stage_strides = [1, 1, 1], strides
+    channels = [min(budget["base_channels"] * 2 ** (i + 1), budget["max_channels"]) for i in range(len(stage_strides))]
+    num_levels = min(budget["num_feature_levels"], len(stage_strides))
+    decisions["network"] = (
+        f"strides per level {strides} from get_pool_and_conv_props(spacing, input size, min feature map "
+        f"{MIN_FEATURE_MAP_SIZE}); {'first stride in the stem (CPU preset)' if budget['stride_in_stem'] else 'full-resolution stem'}; "
+        f"the {num_levels} coarsest levels go to the MSA encoder"
+    )
+
+    organs = fingerprint["detection"]["organs_per_case"]
+    most_organs = max(1, int(organs["max"]))
+    num_queries = int(math.ceil(rho * most_organs))
+    eta = int(min(5, max(1, math.ceil(matching_ratio * rho))))
+    decisions["num_queries"] = f"N = rho * M = {rho} * {most_organs} (M: most organs in a training case)"
+    decisions["eta"] = f"ceil(lambda * rho) = ceil({matching_ratio} * {rho}), clipped to [1, 5] (Organ-DETR Eq. 5)"
+
+    plans = {
+        "plans_name": PLANS_NAME,
+        "dataset_name": dataset_name,
+        "preset": preset,
+        "classes": [{"index": c.index, "label_value": c.label_value, "name": c.name} for c in classes],
+        "lateral_pairs": lateral_pairs(classes),
+        "channel_names": dataset_json["channel_names"],
+        "transpose_forward": forward,
+        "transpose_backward": backward,
+        "spacing": [float(s) for s in target],
+        "base_spacing": [float(s) for s in base_t],
+        "input_size": size,
+        "normalization": {
+            str(k): ("CTNormalization" if str(v).strip().lower() == "ct" else "ZScoreNormalization")
+            for k, v in dataset_json["channel_names"].items()
+        },
+        "foreground_intensity_properties_per_channel": fingerprint["foreground_intensity_properties_per_channel"],
+        "resampling": {"image_order": 3, "label_order": 0, "order_z": 0, "anisotropy_threshold": ANISO_THRESHOLD},
+        "network": {
+            "backbone": backbone,
+            "in_channels": len(dataset_json["channel_names"]),
+            "stem_channels": budget["stem_channels"],
+            "stem_stride": stem_stride,
+            "stage_strides": stage_strides,
+            "stage_channels": channels,
+            "blocks_per_stage": [budget["blocks_per_stage"]] * len(stage_strides),
+            "num_feature_levels": num_levels,
+            "hidden_dim": budget["hidden_dim"],
+            "msa": copy.deepcopy(budget["msa"]),
+            "decoder": copy.deepcopy(budget["decoder"]),
+            "num_queries": num_queries,
+        },
+        "matching": {"rho": rho, "lambda": matching_ratio, "eta": eta, "M": most_organs},
+        "loss": {
+            "cls": 2.0, "bbox": 5.0, "giou": 5.0, "seg": 2.0, "no_object_weight": 0.1,
+            "matcher_cost": {"cls": 2.0, "l1": 5.0, "giou": 2.0},
+            "drmm_beta": 0.5,
+        },
+        "training": {
+            "batch_size": budget["batch_size"],
+            "learning_rate": 2e-4,
+            "backbone_lr_factor": 0.1,
+            "sampling_lr_factor": 0.1,
+            "weight_decay": 1e-4,
+            "warmup_iterations": 100,
+            "grad_clip_norm": 0.1,
+            "epochs": 100 if preset == "cpu" else 500,
+            "iterations_per_epoch": 50 if preset == "cpu" else 250,
+        },
+        "decisions": decisions,
+    }
+    decisions["loss"] = "Organ-DETR Eq. 8 weights lambda_cls 2, lambda_bbox 5 (L1 and GIoU), lambda_seg 2"
+    decisions["batch_size"] = f"{preset} preset"
+    for key, value in (overrides or {}).items():
+        _set_path(plans, key, value)
+        decisions[key] = "given on the command line"
+    if any("matching.rho" == k or "matching.lambda" == k for k in (overrides or {})):
+        matching = plans["matching"]
+        matching["eta"] = int(min(5, max(1, math.ceil(matching["lambda"] * matching["rho"]))))
+        plans["network"]["num_queries"] = int(math.ceil(matching["rho"] * matching["M"]))
+    return plans

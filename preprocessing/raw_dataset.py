@@ -1,0 +1,303 @@
+"""Reading and validating a raw dataset (nnU-Net v2 layout, plus nnDetection's instance form).
+
+A dataset is `DatasetXXX_Name/` with `imagesTr/<case>_0000<ending>` (one file per channel),
+`labelsTr/<case><ending>`, optional `imagesTs/`, and `dataset.json` (`channel_names`, `labels`,
+`numTraining`, `file_ending`).
+
+Ground truth comes in two forms:
+- semantic (nnU-Net): every label value of `dataset.json` is one organ class, and a case has one box per
+  value present (the bounding box of all its voxels);
+- instance (nnDetection): `labelsTr/<case>.json` holds `{"instances": {"1": 0, "2": 3, ...}}` mapping each
+  instance id of the label map to a 0-based class id; `dataset.json` `labels` then maps class ids to names
+  (`{"0": "liver", ...}`). Several boxes per class are allowed.
+
+Every problem raises `InputError` with the file and what is wrong.
+"""
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from autodetr.boxes import boxes_from_label_map
+from autodetr.errors import InputError
+from autodetr.preprocessing.file_checks import check_complete
+
+REQUIRED_DATASET_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+GEOMETRY_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class OrganClass:
+    """One detection class: contiguous `index` (1..C, 0 is background), the user's `label_value`, `name`."""
+
+    index: int
+    label_value: int
+    name: str
+
+
+@dataclass
+class RawCase:
+    """Files of one case. `label_file` is None for test images."""
+
+    case_id: str
+    image_files: list[Path]
+    label_file: Path | None = None
+    instance_file: Path | None = None
+
+
+@dataclass
+class Geometry:
+    """Image geometry in SimpleITK order (x, y, z) plus the array shape in numpy order (z, y, x)."""
+
+    shape_zyx: tuple[int, int, int]
+    spacing_xyz: tuple[float, float, float]
+    origin_xyz: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @property
+    def spacing_zyx(self) -> np.ndarray:
+        return np.asarray(self.spacing_xyz[::-1], dtype=np.float64)
+
+    def to_json(self) -> dict:
+        return {
+            "shape_zyx": list(self.shape_zyx),
+            "spacing_xyz": list(self.spacing_xyz),
+            "origin_xyz": list(self.origin_xyz),
+            "direction": list(self.direction),
+        }
+
+    @classmethod
+    def from_json(cls, content: dict) -> "Geometry":
+        return cls(
+            tuple(content["shape_zyx"]),
+            tuple(content["spacing_xyz"]),
+            tuple(content["origin_xyz"]),
+            tuple(content["direction"]),
+        )
+
+    @classmethod
+    def from_image(cls, image: sitk.Image) -> "Geometry":
+        return cls(
+            tuple(int(s) for s in image.GetSize()[::-1]),
+            tuple(float(s) for s in image.GetSpacing()),
+            tuple(float(o) for o in image.GetOrigin()),
+            tuple(float(d) for d in image.GetDirection()),
+        )
+
+    def matches(self, other: "Geometry") -> bool:
+        return (
+            self.shape_zyx == other.shape_zyx
+            and np.allclose(self.spacing_xyz, other.spacing_xyz, rtol=GEOMETRY_TOLERANCE, atol=GEOMETRY_TOLERANCE)
+            and np.allclose(self.origin_xyz, other.origin_xyz, atol=GEOMETRY_TOLERANCE * max(1.0, max(self.spacing_xyz)))
+            and np.allclose(self.direction, other.direction, atol=GEOMETRY_TOLERANCE)
+        )
+
+
+@dataclass
+class CaseData:
+    """A read case: image `[C, z, y, x]` float32, optional ground truth (label values per box)."""
+
+    case_id: str
+    image: np.ndarray
+    geometry: Geometry
+    label_map: np.ndarray | None = None
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 6)))
+    box_label_values: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.int64))
+    instance_classes: dict[int, int] | None = None  # instance id -> label value (instance form only)
+
+
+def load_dataset_json(dataset_folder: Path) -> dict:
+    """Read and check `dataset.json`."""
+    path = Path(dataset_folder) / "dataset.json"
+    if not path.is_file():
+        raise InputError(f"{path}: missing dataset.json (see README, 'Dataset format')")
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+    missing = [key for key in REQUIRED_DATASET_KEYS if key not in content]
+    if missing:
+        raise InputError(f"{path}: missing required key(s) {', '.join(missing)}")
+    if not isinstance(content["labels"], dict) or not content["labels"]:
+        raise InputError(f"{path}: 'labels' must be a non-empty mapping")
+    return content
+
+
+def is_instance_form(dataset_folder: Path) -> bool:
+    """nnDetection instance form: `labelsTr/*.json` files beside the label maps."""
+    labels = Path(dataset_folder) / "labelsTr"
+    return labels.is_dir() and any(labels.glob("*.json"))
+
+
+def organ_classes(dataset_json: dict, instance_form: bool) -> list[OrganClass]:
+    """Detection classes, sorted by label value, with contiguous indices 1..C."""
+    entries: list[tuple[int, str]] = []
+    if instance_form:
+        for key, name in dataset_json["labels"].items():
+            if str(key).lstrip("-").isdigit() and isinstance(name, str):
+                entries.append((int(key), name))
+            elif isinstance(name, int) and name != 0:  # nnU-Net form given with instance labels
+                entries.append((int(name) - 1, key))
+    else:
+        for name, value in dataset_json["labels"].items():
+            if isinstance(value, (list, tuple)):
+                raise InputError("dataset.json: region-based labels (lists of values) are not organ classes")
+            if int(value) != 0:
+                entries.append((int(value), str(name)))
+    entries.sort()
+    return [OrganClass(index + 1, value, name) for index, (value, name) in enumerate(entries)]
+
+
+def _case_id_from_image(path: Path, file_ending: str) -> tuple[str, int] | None:
+    name = path.name
+    if not name.endswith(file_ending):
+        return None
+    stem = name[: -len(file_ending)]
+    match = re.match(r"^(.*)_(\d{4})$", stem)
+    if not match:
+        return None
+    return match.group(1), int(match.group(2))
+
+
+def list_cases(dataset_folder: Path, dataset_json: dict, images: str = "imagesTr", labels: str | None = "labelsTr") -> list[RawCase]:
+    """All cases of `images` with their channel files and (if `labels`) their label file."""
+    folder = Path(dataset_folder)
+    image_folder = folder / images
+    if not image_folder.is_dir():
+        raise InputError(f"{image_folder}: folder missing")
+    ending = dataset_json["file_ending"]
+    num_channels = len(dataset_json["channel_names"])
+    channels: dict[str, dict[int, Path]] = {}
+    for path in sorted(image_folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        parsed = _case_id_from_image(path, ending)
+        if parsed is None:
+            continue
+        channels.setdefault(parsed[0], {})[parsed[1]] = path
+    cases = []
+    for case_id, files in sorted(channels.items()):
+        if sorted(files) != list(range(num_channels)):
+            raise InputError(
+                f"{image_folder / (case_id + '_0000' + ending)}: expected channels 0..{num_channels - 1}, found {sorted(files)}"
+            )
+        label_file = instance_file = None
+        if labels is not None:
+            label_file = folder / labels / f"{case_id}{ending}"
+            if not label_file.is_file():
+                raise InputError(f"{files[0]}: image without label (expected {label_file})")
+            candidate = folder / labels / f"{case_id}.json"
+            instance_file = candidate if candidate.is_file() else None
+        cases.append(RawCase(case_id, [files[c] for c in range(num_channels)], label_file, instance_file))
+    return cases
+
+
+def read_image(path: Path) -> sitk.Image:
+    """Read one 3D image; unreadable, truncated, 2D and 4D files raise InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    check_complete(path)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
+        raise InputError(f"{path}: cannot be read ({reason[:160]})") from None
+    if image.GetDimension() != 3:
+        raise InputError(f"{path}: expected a 3D image, got {image.GetDimension()}D (size {image.GetSize()})")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} (vector image)")
+    return image
+
+
+def _array(image: sitk.Image, path: Path, dtype) -> np.ndarray:
+    try:
+        return sitk.GetArrayFromImage(image).astype(dtype, copy=False)
+    except RuntimeError as error:  # lazily read truncated data
+        raise InputError(f"{path}: cannot be read ({str(error).strip()[:160]})") from None
+
+
+def read_images(image_files: list[Path]) -> tuple[np.ndarray, Geometry]:
+    """Read the channels of one case into `[C, z, y, x]` float32; all channels share one geometry."""
+    arrays, geometry = [], None
+    for path in image_files:
+        image = read_image(path)
+        this = Geometry.from_image(image)
+        if geometry is not None and not geometry.matches(this):
+            raise InputError(f"{path}: geometry differs from channel 0 ({image_files[0].name})")
+        geometry = geometry or this
+        arrays.append(_array(image, path, np.float32))
+    return np.stack(arrays), geometry
+
+
+def read_instance_classes(path: Path) -> dict[int, int]:
+    try:
+        content = json.loads(Path(path).read_text())
+        return {int(k): int(v) for k, v in content["instances"].items()}
+    except (json.JSONDecodeError, KeyError, ValueError, AttributeError):
+        raise InputError(f"{path}: expected {{\"instances\": {{\"<id>\": <class>, ...}}}}") from None
+
+
+def read_case(raw_case: RawCase, classes: list[OrganClass]) -> CaseData:
+    """Read image and ground truth of one case and check them against each other and the classes."""
+    image, geometry = read_images(raw_case.image_files)
+    case = CaseData(raw_case.case_id, image, geometry)
+    if raw_case.label_file is None:
+        return case
+    label_image = read_image(raw_case.label_file)
+    label_geometry = Geometry.from_image(label_image)
+    if not geometry.matches(label_geometry):
+        raise InputError(
+            f"{raw_case.label_file}: label geometry differs from its image "
+            f"(size {label_geometry.shape_zyx[::-1]} vs {geometry.shape_zyx[::-1]}, "
+            f"spacing {np.round(label_geometry.spacing_xyz, 4).tolist()} vs {np.round(geometry.spacing_xyz, 4).tolist()}, "
+            f"or origin/direction)"
+        )
+    label_map = _array(label_image, raw_case.label_file, np.int32)
+    present = np.unique(label_map)
+    present = present[present != 0]
+    known_values = {c.label_value for c in classes}
+    if raw_case.instance_file is not None:
+        instances = read_instance_classes(raw_case.instance_file)
+        unknown_ids = sorted(set(present.tolist()) - set(instances))
+        if unknown_ids:
+            raise InputError(f"{raw_case.label_file}: instance ids {unknown_ids} missing in {raw_case.instance_file.name}")
+        unknown_classes = sorted(set(instances.values()) - known_values)
+        if unknown_classes:
+            raise InputError(f"{raw_case.instance_file}: classes {unknown_classes} not declared in dataset.json")
+        boxes, ids = boxes_from_label_map(label_map)
+        case.boxes = boxes
+        case.box_label_values = np.asarray([instances[int(i)] for i in ids], dtype=np.int64)
+        case.instance_classes = instances
+    else:
+        unknown = sorted(set(present.tolist()) - known_values)
+        if unknown:
+            raise InputError(f"{raw_case.label_file}: label values {unknown} not declared in dataset.json")
+        case.boxes, case.box_label_values = boxes_from_label_map(label_map)
+    if present.size == 0:
+        warnings.warn(f"{raw_case.label_file}: empty label map, the case has zero boxes", stacklevel=2)
+    case.label_map = label_map
+    return case
+
+
+def class_index_map(case: CaseData, classes: list[OrganClass]) -> np.ndarray:
+    """The label map as contiguous class indices (0 background), as the segmentation loss wants it."""
+    if case.label_map is None:
+        raise ValueError("case has no label map")
+    index_of_value = {c.label_value: c.index for c in classes}
+    if case.instance_classes is not None:
+        lookup = {instance: index_of_value[value] for instance, value in case.instance_classes.items()}
+    else:
+        lookup = index_of_value
+    size = max(int(case.label_map.max()), max(lookup, default=0)) + 1
+    table = np.zeros(size, dtype=np.int16)
+    for value, index in lookup.items():
+        if 0 < value < size:
+            table[value] = index
+    return table[np.clip(case.label_map, 0, size - 1)]
