@@ -35,7 +35,7 @@ import itertools
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -610,6 +610,7 @@ def _evaluate_prediction_files(
     metrics["ground_truth_without_prediction"] = without_prediction
     metrics["predictions"] = source
     metrics["ground_truth"] = str(gt)
+    metrics["output_folder"] = None if output_folder is None else str(output_folder)
     if output_folder is not None:
         write_metrics(metrics, output_folder)
     return metrics
