@@ -1,0 +1,267 @@
+"""Phantom API: generate one case in memory, write one case, write a whole raw dataset (nnU-Net v2 layout).
+
+Images are stored as int16 HU, labels as uint8, with LPS direction identity: array index x grows towards
+the patient's left, y towards posterior, z towards superior (SimpleITK/DICOM convention).
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from autodetr.atomic_io import atomic_path, read_json, write_json
+from autodetr.errors import InputError
+from autodetr.phantom.anatomy import CLASS_NAMES, sample_anatomy
+from autodetr.phantom.appearance import Context
+from autodetr.phantom.body import BODY_WALL, CAVITY, rasterise_body
+from autodetr.phantom.geometry import SIZES, sample_field_of_view, sample_grid
+from autodetr.phantom.shapes import Grid, evaluate
+
+TEST_INDEX_OFFSET = 1_000_000
+"""Held-out cases use generator indices from here on, so they never depend on --num-cases."""
+FILE_ENDING = ".nii.gz"
+GENERATOR_VERSION = 1
+
+
+@dataclass
+class PhantomCase:
+    """One generated scan. Arrays are [z, y, x]; spacing and origin are in the same (z, y, x) order."""
+
+    image: np.ndarray  # int16 HU
+    label: np.ndarray  # uint8, value = CLASS_NAMES index + 1
+    spacing: tuple[float, float, float]  # mm
+    origin: tuple[float, float, float]  # world mm of the centre of voxel [0, 0, 0]
+    placed_boxes: dict[str, tuple[int, int, int, int, int, int]]  # corner boxes (half-open voxels), present only
+    info: dict = field(default_factory=dict)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)  # SimpleITK order (LPS identity)
+
+    def to_sitk(self) -> tuple[sitk.Image, sitk.Image]:
+        """(image, label) as SimpleITK images with spacing, origin and direction set."""
+        images = []
+        for array in (self.image, self.label):
+            image = sitk.GetImageFromArray(array)
+            image.SetSpacing(tuple(float(v) for v in self.spacing[::-1]))
+            image.SetOrigin(tuple(float(v) for v in self.origin[::-1]))
+            image.SetDirection(self.direction)
+            images.append(image)
+        return images[0], images[1]
+
+
+def _streams(seed: int, index: int) -> dict[str, np.random.Generator]:
+    """Independent generators per (seed, case index); anatomy and field of view do not depend on size."""
+    if seed < 0 or index < 0:
+        raise InputError(f"seed and case index must be >= 0, got seed={seed}, index={index}")
+    children = np.random.SeedSequence(entropy=seed, spawn_key=(index,)).spawn(5)
+    names = ("anatomy", "fov", "noise", "grid_small", "grid_full")
+    return {name: np.random.default_rng(child) for name, child in zip(names, children)}
+
+
+def case_grid(index: int, seed: int = 0, size: str = "small") -> Grid:
+    """The voxel grid a case will have (cheap: samples the anatomy, rasterises nothing)."""
+    streams = _streams(seed, index)
+    fov = sample_field_of_view(streams["fov"], sample_anatomy(streams["anatomy"]))
+    return sample_grid(streams[f"grid_{size}"], fov, size)
+
+
+def generate_case(index: int, seed: int = 0, size: str = "small") -> PhantomCase:
+    """Generate case `index` of the phantom with `seed`; deterministic, independent of other cases."""
+    if size not in SIZES:
+        raise InputError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
+    streams = _streams(seed, index)
+    anatomy = sample_anatomy(streams["anatomy"])
+    fov = sample_field_of_view(streams["fov"], anatomy)
+    grid = sample_grid(streams[f"grid_{size}"], fov, size)
+    noise = streams["noise"]
+
+    hu = np.empty(grid.shape, dtype=np.float32)
+    zone = np.empty(grid.shape, dtype=np.uint8)
+    label = np.zeros(grid.shape, dtype=np.uint8)
+    rasterise_body(anatomy.outline, grid, hu, zone)
+    boxes: dict[str, tuple[int, ...]] = {}
+    for structure in anatomy.structures:
+        found = evaluate(structure.shape, grid, structure.deformation)
+        if found is None:
+            continue
+        region, level = found
+        mask = level <= 1
+        zone_region = zone[region]
+        mask &= (zone_region == CAVITY) if structure.in_cavity else (zone_region >= BODY_WALL)
+        if structure.label:
+            mask &= label[region] == 0
+        if not mask.any():
+            continue
+        context = Context(level, grid.region_axes(region), grid.spacing, noise)
+        structure.painter.paint(hu[region], mask, context)
+        if structure.label:
+            label[region][mask] = structure.label
+            boxes[structure.name] = _mask_box(mask, region)
+    _add_noise(hu, grid, size, noise)
+    np.rint(hu, out=hu)
+    np.clip(hu, -1024, 3071, out=hu)
+    image = hu.astype(np.int16)
+    del hu
+    origin = (grid.origin[0] + fov.table_z, grid.origin[1], grid.origin[2])
+    placed = {name: boxes[name] for name in CLASS_NAMES if name in boxes}
+    info = {**anatomy.info, "protocol": fov.protocol, "index": index, "seed": seed, "size": size}
+    return PhantomCase(image, label, tuple(float(s) for s in grid.spacing), tuple(float(o) for o in origin), placed, info)
+
+
+def _mask_box(mask: np.ndarray, region: tuple[slice, slice, slice]) -> tuple[int, int, int, int, int, int]:
+    low, high = [], []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        occupied = np.flatnonzero(mask.any(axis=other))
+        low.append(region[axis].start + int(occupied[0]))
+        high.append(region[axis].start + int(occupied[-1]) + 1)
+    return (*low, *high)
+
+
+def _kernel_gain(sigma: float) -> float:
+    """Factor by which a 1D Gaussian filter of `sigma` voxels scales the std of white noise."""
+    delta = np.zeros(64)
+    delta[32] = 1
+    return float(np.sqrt((ndimage.gaussian_filter1d(delta, sigma) ** 2).sum()))
+
+
+def _add_noise(hu: np.ndarray, grid: Grid, size: str, rng: np.random.Generator) -> None:
+    """Gaussian noise, then an in-plane Gaussian blur (reconstruction kernel / partial volume)."""
+    blur_mm = rng.uniform(0.6, 1.1)
+    target_std = rng.uniform(8, 20) if size == "full" else rng.uniform(4, 10)
+    sigma = max(blur_mm / grid.spacing[1], 0.45)
+    pre_std = np.float32(target_std / _kernel_gain(sigma) ** 2)
+    for start in range(0, hu.shape[0], 16):
+        block = hu[start:start + 16]
+        block += rng.standard_normal(block.shape, dtype=np.float32) * pre_std
+    blurred = ndimage.gaussian_filter1d(hu, sigma, axis=1, mode="nearest")
+    ndimage.gaussian_filter1d(blurred, sigma, axis=2, output=hu, mode="nearest")
+
+
+def write_case(case: PhantomCase, image_path: str | os.PathLike, label_path: str | os.PathLike) -> None:
+    """Write image and label as compressed NIfTI, each atomically."""
+    image, label = case.to_sitk()
+    for item, path in ((label, label_path), (image, image_path)):
+        with atomic_path(path, suffix=FILE_ENDING) as temporary:
+            sitk.WriteImage(item, str(temporary), True)
+
+
+def dataset_json(num_training: int, num_test: int, seed: int, size: str) -> dict:
+    """The nnU-Net v2 dataset.json of the phantom."""
+    return {
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, **{name: index + 1 for index, name in enumerate(CLASS_NAMES)}},
+        "numTraining": num_training,
+        "file_ending": FILE_ENDING,
+        "name": "Phantom",
+        "description": ("Procedural abdominal CT phantom (autodetr_make_phantom): int16 HU images, LPS direction "
+                        "identity, 15 organ classes; held-out cases in imagesTs with labels in labelsTs."),
+        "reference": "autodetr.phantom (generated, no patient data)",
+        "licence": "CC0-1.0",
+        "tensorImageSize": "3D",
+        "numTest": num_test,
+        "phantom": {"seed": seed, "size": size, "generator_version": GENERATOR_VERSION},
+    }
+
+
+@dataclass(frozen=True)
+class _Task:
+    index: int
+    seed: int
+    size: str
+    image_path: Path
+    label_path: Path
+
+
+def _run_task(task: _Task) -> str:
+    write_case(generate_case(task.index, task.seed, task.size), task.image_path, task.label_path)
+    return task.image_path.name
+
+
+def _case_ids(prefix: str, count: int) -> list[str]:
+    width = max(3, len(str(max(count - 1, 0))))
+    return [f"{prefix}_{i:0{width}d}" for i in range(count)]
+
+
+def _check_arguments(dataset_id: int, num_cases: int, num_test_cases: int, size: str, seed: int,
+                     num_processes: int) -> None:
+    if not 1 <= dataset_id <= 999:
+        raise InputError(f"dataset id must be between 1 and 999, got {dataset_id}")
+    if num_cases < 1:
+        raise InputError(f"--num-cases must be at least 1, got {num_cases}")
+    if num_test_cases < 0:
+        raise InputError(f"--num-test-cases must be >= 0, got {num_test_cases}")
+    if size not in SIZES:
+        raise InputError(f"--size must be one of {', '.join(SIZES)}, got {size!r}")
+    if seed < 0:
+        raise InputError(f"--seed must be >= 0, got {seed}")
+    if num_processes < 1:
+        raise InputError(f"-np must be at least 1, got {num_processes}")
+
+
+def make_phantom_dataset(raw_root: str | os.PathLike, dataset_id: int = 500, num_cases: int = 20,
+                         num_test_cases: int = 5, size: str = "full", seed: int = 0, num_processes: int = 1,
+                         overwrite: bool = False, progress: bool = False) -> Path:
+    """Write `DatasetXXX_Phantom` under `raw_root` and return its folder.
+
+    Training cases are `phantom_000 ...` (imagesTr/labelsTr), held-out cases `phantom_test_000 ...`
+    (imagesTs/labelsTs). Cases whose image and label both exist are kept unless `overwrite`;
+    dataset.json is written last.
+    """
+    _check_arguments(dataset_id, num_cases, num_test_cases, size, seed, num_processes)
+    raw_root = Path(raw_root)
+    folder = raw_root / f"Dataset{dataset_id:03d}_Phantom"
+    if raw_root.is_dir():
+        clashing = [p.name for p in raw_root.glob(f"Dataset{dataset_id:03d}_*") if p.is_dir() and p != folder]
+        if clashing:
+            raise InputError(f"dataset id {dataset_id} is already used by {clashing[0]} in {raw_root}: pick another -d")
+    json_path = folder / "dataset.json"
+    if json_path.is_file() and not overwrite:
+        previous = read_json(json_path).get("phantom", {})
+        if previous.get("seed") != seed or previous.get("size") != size:
+            raise InputError(f"{folder} was generated with seed {previous.get('seed')} and size {previous.get('size')}; "
+                             f"use --overwrite to regenerate it with seed {seed} and size {size}")
+
+    planned: dict[str, list[tuple[int, str]]] = {
+        "Tr": list(enumerate(_case_ids("phantom", num_cases))),
+        "Ts": [(TEST_INDEX_OFFSET + i, case) for i, case in enumerate(_case_ids("phantom_test", num_test_cases))],
+    }
+    tasks = []
+    for split, cases in planned.items():
+        images, labels = folder / f"images{split}", folder / f"labels{split}"
+        expected = {f"{case}_0000{FILE_ENDING}" for _, case in cases} | {f"{case}{FILE_ENDING}" for _, case in cases}
+        for sub in (images, labels):
+            sub.mkdir(parents=True, exist_ok=True)
+            for stale in sub.glob(".*.partial*"):  # left by a killed run
+                stale.unlink()
+            unexpected = sorted(p for p in sub.iterdir() if p.name.endswith(FILE_ENDING) and p.name not in expected)
+            if unexpected and not overwrite:
+                raise InputError(f"{sub} holds files this phantom would not write (e.g. {unexpected[0].name}); "
+                                 f"use --overwrite to remove them, or another dataset id")
+            for path in unexpected:
+                if path.is_file() or path.is_symlink():
+                    path.unlink()
+        for index, case in cases:
+            image_path, label_path = images / f"{case}_0000{FILE_ENDING}", labels / f"{case}{FILE_ENDING}"
+            if overwrite or not (image_path.is_file() and label_path.is_file()):
+                tasks.append(_Task(index, seed, size, image_path, label_path))
+    if overwrite and json_path.is_file():
+        json_path.unlink()
+
+    from tqdm import tqdm
+
+    with tqdm(total=len(tasks), desc=f"phantom {size} cases", unit="case", disable=not progress) as bar:
+        if num_processes == 1 or len(tasks) <= 1:
+            for task in tasks:
+                _run_task(task)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(min(num_processes, len(tasks)), mp_context=get_context("spawn")) as pool:
+                for _ in pool.map(_run_task, tasks):
+                    bar.update()
+    write_json(json_path, dataset_json(num_cases, num_test_cases, seed, size))
+    return folder
