@@ -12,6 +12,15 @@ from typing import Any, Iterator
 import numpy as np
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` if the block succeeds, else delete it."""
@@ -22,6 +31,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     temporary_path = Path(temporary)
     try:
         yield temporary_path
+        os.chmod(temporary_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(temporary_path, target)
     except BaseException:
         temporary_path.unlink(missing_ok=True)

@@ -1,1 +1,18 @@
-"""model."""
+"""Organ-DETR network: backbone, MSA encoder, 3D deformable decoder, heads (see organ_detr.py)."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .organ_detr import OrganDETR
+from .postprocess import select_detections
+from .testing import make_test_plans
+
+
+def build_model(plans: dict[str, Any], head: nn.Module | None = None) -> OrganDETR:
+    """The Organ-DETR network of a plan; `head` replaces the DETR class/box head (e.g. D-RMM)."""
+    return OrganDETR(plans, head=head)
+
+
+__all__ = ["OrganDETR", "build_model", "make_test_plans", "select_detections"]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .deformable_attention import MultiScaleDeformableAttention3D
+from .dropout import FastDropout
 from .heads import MLP, inverse_sigmoid
 
 
@@ -34,13 +35,13 @@ class DeformableDecoderLayer(nn.Module):
     def __init__(self, dim: int, heads: int, levels: int, points: int, ffn_dim: int, dropout: float) -> None:
         super().__init__()
         self.self_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.dropout1 = nn.Dropout(dropout)
+        self.dropout1 = FastDropout(dropout)
         self.norm1 = nn.LayerNorm(dim)
         self.cross_attention = MultiScaleDeformableAttention3D(dim, levels, heads, points)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout2 = FastDropout(dropout)
         self.norm2 = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
-        self.dropout3 = nn.Dropout(dropout)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), FastDropout(dropout), nn.Linear(ffn_dim, dim))
+        self.dropout3 = FastDropout(dropout)
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(self, tgt, query_pos, reference_boxes, values, level_scales) -> torch.Tensor:

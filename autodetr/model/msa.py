@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dropout import FastDropout
 from .position import sine_position_encoding_3d
 
 Triple = tuple[int, int, int]
@@ -97,8 +98,9 @@ class WindowAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
-        *lead, tokens, dim = x.shape
-        return x.reshape(*lead, tokens, self.heads, dim // self.heads).transpose(-2, -3)
+        """[B, nWin, T, C] -> [B * nWin, heads, T, C / heads] (4D keeps SDPA on its fused CPU kernel)."""
+        batch, windows, tokens, dim = x.shape
+        return x.reshape(batch * windows, tokens, self.heads, dim // self.heads).transpose(1, 2)
 
     def forward(
         self,
@@ -110,21 +112,18 @@ class WindowAttention(nn.Module):
     ) -> torch.Tensor:
         """query [B, nWin, T, C]; key/value [B, nWin_kv, S, C]; key_valid [nWin_kv, S] bool or None;
         gather_index [nWin] picks the key window of each query window (cross-attention). -> [B, nWin, T, C]."""
-        q = self._split(self.q(query))
-        k = self._split(self.k(key))
-        v = self._split(self.v(value))
-        mask = None
-        if key_valid is not None and not bool(key_valid.all()):
-            mask = key_valid
+        batch, windows, tokens, dim = query.shape
+        k, v = self.k(key), self.v(value)
+        mask = key_valid if key_valid is not None and not bool(key_valid.all()) else None
         if gather_index is not None:
             k = k.index_select(1, gather_index)
             v = v.index_select(1, gather_index)
             if mask is not None:
                 mask = mask.index_select(0, gather_index)
         if mask is not None:
-            mask = mask[None, :, None, None, :]  # [1, nWin, 1, 1, S] -> broadcast over batch, heads, T
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = out.transpose(-2, -3).flatten(-2)
+            mask = mask.repeat(batch, 1)[:, None, None, :]  # [B * nWin, 1, 1, S]
+        out = F.scaled_dot_product_attention(self._split(self.q(query)), self._split(k), self._split(v), attn_mask=mask)
+        out = out.transpose(1, 2).reshape(batch, windows, tokens, dim)
         return self.out(out)
 
 
@@ -133,7 +132,7 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout))
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), FastDropout(dropout), nn.Linear(hidden, dim), FastDropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -145,7 +144,7 @@ class AttentionFFN(nn.Module):
     def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, bias: bool) -> None:
         super().__init__()
         self.attention = WindowAttention(dim, heads, bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
         self.norm1 = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, ffn_dim, dropout)
         self.norm2 = nn.LayerNorm(dim)

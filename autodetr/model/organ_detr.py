@@ -1,0 +1,76 @@
+"""Organ-DETR (Sec. 3, Fig. 2): backbone -> MSA encoder -> multiscale segmentation head -> 3D deformable
+decoder -> head. Built from a plans dict (`docs/architecture.md`).
+
+`model(images [B, C_in, D, H, W])` returns
+- `pred_logits` [B, N, C + 1] (logit 0 = no object), `pred_boxes` [B, N, 6] (sigmoid, normalised
+  (cz, cy, cx, d, h, w) relative to the image's D, H, W): the last decoder layer;
+- `aux_outputs`: `[{pred_logits, pred_boxes}]` of decoder layers 0 .. L_dec - 2;
+- `seg_logits`: one `[B, C + 1, d_l, h_l, w_l]` per MSA level, COARSEST FIRST (P^(1) first); only
+  computed in training mode or with `with_segmentation=True`, else an empty list;
+- `query_features` [L_dec, B, N, f_e]: the output features h_k of every decoder layer;
+- `reference_boxes` [L_dec, B, N, 6]: r_k, the reference box decoder layer k sampled around and refined
+  from, normalised centre form, BEFORE the layer's delta: layer k's box is
+  sigmoid(inverse_sigmoid(r_k) + delta_k(h_k)). r_0 is learned from the query position embedding and
+  carries gradient; r_k (k > 0) is layer k - 1's refined box, detached (Deformable DETR box refinement).
+A replacement head (e.g. D-RMM) is passed as `head=`: a module called as
+`head(query_features, reference_boxes, refined_boxes) -> dict`, merged into the output.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backbone import Backbone
+from .decoder import DeformableDecoder
+from .heads import DETRHead, SegmentationHead
+from .msa import MSAEncoder
+
+
+def level_scales(input_shape, level_shapes, strides, device=None) -> torch.Tensor:
+    """[L, 3] factors input-normalised -> level-normalised coordinates: input / (stride * level shape)."""
+    return torch.tensor(
+        [[n / (s * m) for n, s, m in zip(input_shape, stride, shape)] for shape, stride in zip(level_shapes, strides)],
+        dtype=torch.float32,
+        device=device,
+    )
+
+
+class OrganDETR(nn.Module):
+    """The full detector; see the module docstring for the output dict."""
+
+    def __init__(self, plans: dict[str, Any], head: nn.Module | None = None) -> None:
+        super().__init__()
+        network = plans["network"]
+        num_classes = len(plans["classes"])
+        hidden = int(network["hidden_dim"])
+        levels = int(network["num_feature_levels"])
+        msa, dec = network["msa"], network["decoder"]
+        self.num_classes = num_classes
+        self.backbone = Backbone(network)
+        self.encoder = MSAEncoder(
+            levels, hidden, int(msa["patch_size"]), int(msa["heads"]), int(msa["depth"]),
+            int(msa.get("ffn_dim", 4 * hidden)), float(msa.get("dropout", 0.0)), bool(msa.get("bias", False)),
+        )
+        self.segmentation_head = SegmentationHead(hidden, num_classes, levels)
+        self.decoder = DeformableDecoder(
+            hidden, int(network["num_queries"]), int(dec["layers"]), int(dec["heads"]), levels,
+            int(dec["points"]), int(dec.get("ffn_dim", 4 * hidden)), float(dec.get("dropout", 0.0)),
+        )
+        self.head = head if head is not None else DETRHead(hidden, num_classes, int(dec["layers"]))
+
+    def forward(self, images: torch.Tensor, with_segmentation: bool | None = None) -> dict[str, Any]:
+        input_shape = tuple(images.shape[2:])
+        features = self.backbone(images)
+        strides = self.backbone.strides
+        encoded = self.encoder(features, strides, input_shape)
+        scales = level_scales(input_shape, [tuple(f.shape[2:]) for f in encoded], strides, images.device)
+        decoded = self.decoder(encoded, scales)
+        outputs: dict[str, Any] = dict(self.head(decoded.features, decoded.reference_boxes, decoded.refined_boxes))
+        if with_segmentation is None:
+            with_segmentation = self.training
+        outputs["seg_logits"] = self.segmentation_head(encoded) if with_segmentation else []
+        outputs["query_features"] = decoded.features
+        outputs["reference_boxes"] = decoded.reference_boxes
+        return outputs

@@ -1,0 +1,56 @@
+"""Small complete plans for tests, examples and benchmarks (not a planner: fixed, hand-written values)."""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+
+def make_test_plans(
+    num_classes: int = 3,
+    input_size: Sequence[int] = (16, 24, 32),
+    backbone: str = "fpn",
+    hidden_dim: int = 24,
+    num_queries: int | None = None,
+    stem_stride: Sequence[int] = (1, 2, 2),
+    stage_strides: Sequence[Sequence[int]] = ((1, 1, 1), (2, 2, 2), (2, 2, 2)),
+    stage_channels: Sequence[int] = (8, 16, 24),
+    blocks_per_stage: Sequence[int] = (1, 1, 1),
+    num_feature_levels: int = 2,
+    msa_heads: int = 4,
+    msa_depth: int = 1,
+    decoder_layers: int = 2,
+    decoder_heads: int = 4,
+    decoder_points: int = 2,
+    dropout: float = 0.0,
+    rho: int = 4,
+    matching_lambda: float = 0.2,
+) -> dict[str, Any]:
+    """A complete, tiny plans dict (all keys of docs/architecture.md) that runs in well under a second on CPU."""
+    classes = [{"index": i, "label_value": i, "name": f"organ_{i}"} for i in range(1, num_classes + 1)]
+    queries = int(num_queries) if num_queries is not None else rho * num_classes
+    return {
+        "input_size": [int(s) for s in input_size],
+        "classes": classes,
+        "network": {
+            "backbone": backbone,
+            "in_channels": 1,
+            "norm": "group",
+            "stem_channels": int(stage_channels[0]),
+            "stem_stride": [int(s) for s in stem_stride],
+            "stage_strides": [[int(s) for s in st] for st in stage_strides],
+            "stage_channels": [int(c) for c in stage_channels],
+            "blocks_per_stage": [int(b) for b in blocks_per_stage],
+            "num_feature_levels": num_feature_levels,
+            "hidden_dim": hidden_dim,
+            "msa": {"patch_size": 2, "heads": msa_heads, "depth": msa_depth, "dropout": dropout, "bias": False, "ffn_dim": 2 * hidden_dim},
+            "decoder": {"layers": decoder_layers, "heads": decoder_heads, "points": decoder_points, "ffn_dim": 2 * hidden_dim, "dropout": dropout},
+            "num_queries": queries,
+        },
+        "matching": {"rho": rho, "lambda": matching_lambda, "eta": math.ceil(matching_lambda * rho - 1e-9), "M": num_classes},
+        "loss": {
+            "cls": 2.0, "bbox": 5.0, "giou": 5.0, "seg": 2.0,
+            "matcher_cost": {"cls": 2.0, "l1": 5.0, "giou": 2.0},
+            "no_object_weight": 0.1, "drmm_beta": 0.5,
+        },
+        "training": {"batch_size": 1, "learning_rate": 2e-4, "backbone_lr_factor": 0.1},
+    }
