@@ -1,0 +1,50 @@
+"""Command line of `autodetr_demo`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from autodetr.errors import cli_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autodetr_demo",
+        description="Run the whole pipeline on the embedded phantom data set: generate it, plan and preprocess, "
+        "train a CPU-sized model for a bounded time, predict the held-out cases (and --image), evaluate, and "
+        "write pictures, the training curve, metrics and index.html into one folder.",
+    )
+    parser.add_argument("--out", type=Path, default=Path("autodetr_demo_output"),
+                        help="output folder for everything (default ./autodetr_demo_output); the AUTODETR_* roots are set inside it")
+    parser.add_argument("--minutes", type=float, default=10.0, help="training time budget in minutes (default 10)")
+    parser.add_argument("--size", choices=["small", "full"], default="full",
+                        help="phantom size: full (realistic, 0.6-1 mm in-plane) or small (coarse, seconds) (default full)")
+    parser.add_argument("--num-cases", type=int, default=16, help="phantom training cases (default 16)")
+    parser.add_argument("--num-test-cases", type=int, default=4, help="held-out phantom cases to predict and evaluate (default 4)")
+    parser.add_argument("--image", type=Path, help="also predict this image (file, folder or DICOM folder), e.g. a real CT")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="device (default: cuda if available, else cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the phantom and the training (default 0)")
+    parser.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes for data preparation (default 2)")
+    return parser
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    from autodetr.demo.run_demo import metrics_table, run_demo
+
+    args = build_parser().parse_args(argv)
+    result = run_demo(args.out, minutes=args.minutes, size=args.size, num_cases=args.num_cases,
+                      num_test_cases=args.num_test_cases, image=args.image, device=args.device, seed=args.seed,
+                      num_processes=args.num_processes)
+    print(f"\n{'class':<22}" + "".join(f"{c:>8}" for c in ("AP", "AP50", "AP75", "AR")))
+    for row in metrics_table(result.metrics):
+        print(f"{row[0]:<22}" + "".join(f"{c:>8}" for c in row[1:]))
+    print(f"\npage:        {result.index_html}")
+    print(f"pictures:    {result.output / 'pictures'} ({len(result.pictures)} PNG)")
+    print(f"training:    {result.training_curve}")
+    print(f"predictions: {result.output / 'predictions'} (one JSON per case, boxes.csv)")
+    print(f"metrics:     {result.output / 'evaluation' / 'metrics.json'}")
+    if result.failed_cases:
+        print(f"failed cases: {', '.join(result.failed_cases)}")
+        return 1
+    return 0

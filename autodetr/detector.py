@@ -1,0 +1,233 @@
+"""The detector: the one place that ties the Organ-DETR network to a training objective.
+
+Used by training (`autodetr.training`) and by inference (`autodetr.inference`), so both build exactly
+the same module for a given `(plans, objective)` and read detections the same way.
+
+Objectives (`OBJECTIVES`):
+
+- `"dqm"` (default, Organ-DETR): the DETR class/box head, trained with the set criterion of Eq. 8 and
+  the dense query matcher (every ground truth gets 1 + eta queries) plus the multiscale segmentation
+  loss. Inference: per class the query with the highest class probability.
+- `"hungarian"`: the same network and loss with one-to-one Hungarian matching (Deformable DETR).
+- `"drmm"` (D-RMM, seed 004): the DETR class/box head is REPLACED by a `DRMMHead` (objectness, class
+  probabilities without background, Cauchy location mu and scale gamma per query and decoder layer);
+  its output is stored under `outputs["drmm"]` (final layer dict + `aux_outputs`) and `pred_logits` /
+  `pred_boxes` are absent. Loss: `DRMMLoss` (NLL + beta * MCM over all decoder layers) plus
+  `lambda_seg * L_seg` of the network's multiscale segmentation head, as under DQM. No matching.
+
+  Decision -- the DETR class/box head gets no loss under drmm, because it does not exist: a head
+  without a loss only costs time and leaves parameters without gradient (DDP would need
+  `find_unused_parameters`). The D-RMM head is applied to the decoder's query features and to the
+  decoder's REFINED boxes b_k (with gradient), and its own location delta is held at zero (the rows
+  of its box MLP's last layer that produce the delta are zero and receive zero gradient). So
+  `mu_k = b_k` exactly: the D-RMM location of layer k is the decoder's iterative box refinement,
+  trained by the D-RMM likelihood, and layer k + 1 samples around `mu_k.detach()` -- the iteration
+  structure of the D-RMM paper (Fig. 3). (Applying the head to the layers' INPUT reference boxes
+  instead would leave the decoder's refinement MLPs without any gradient, so every layer would sample
+  around the layer-0 reference.) gamma, objectness and class come from the D-RMM head.
+  Inference: `drmm_select_detections` (score p_kc * o_k, the best query per class; no NMS).
+
+`detect(outputs, objective)` gives the same list-of-dicts for every objective, `to_original_voxels` maps
+its boxes to the original image, and `load_trained_detector(fold_folder)` rebuilds a trained fold
+(plans.json + arguments.json + checkpoint).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from autodetr.errors import InputError
+
+__all__ = [
+    "OBJECTIVES", "CHECKPOINT_PREFERENCE", "DRMMDecoderHead", "DRMMCriterion", "build_detector",
+    "build_criterion", "detect", "to_original_voxels", "load_trained_detector", "find_checkpoint",
+]
+
+OBJECTIVES = ("dqm", "hungarian", "drmm")
+#: Checkpoints `load_trained_detector` looks for, in this order (best validation mAP first).
+CHECKPOINT_PREFERENCE = ("checkpoint_best.pt", "checkpoint_final.pt", "checkpoint_last.pt")
+
+
+def check_objective(objective: str) -> str:
+    if objective not in OBJECTIVES:
+        raise InputError(f"unknown objective '{objective}': choose one of {', '.join(OBJECTIVES)}")
+    return objective
+
+
+class DRMMDecoderHead(nn.Module):
+    """Pluggable Organ-DETR head (`head(query_features, reference_boxes, refined_boxes) -> dict`) that
+    returns `{"drmm": DRMMHead output}` with mu tied to the decoder's refined boxes (module docstring)."""
+
+    def __init__(self, hidden_dim: int, num_classes: int, num_layers: int) -> None:
+        super().__init__()
+        from autodetr.model.drmm_head import DRMMHead
+
+        self.drmm = DRMMHead(hidden_dim, num_classes, num_layers)
+        for layer_head in self.drmm.heads:
+            last = layer_head.box_embed.layers[-1]
+            with torch.no_grad():
+                last.weight[:6].zero_()
+                last.bias[:6].zero_()
+            last.weight.register_hook(_zero_location_rows)
+            last.bias.register_hook(_zero_location_rows)
+
+    def forward(self, query_features: torch.Tensor, reference_boxes: torch.Tensor, refined_boxes: torch.Tensor) -> dict[str, Any]:
+        return {"drmm": self.drmm(query_features, refined_boxes)}
+
+
+def _zero_location_rows(gradient: torch.Tensor) -> torch.Tensor:
+    gradient = gradient.clone()
+    gradient[:6] = 0
+    return gradient
+
+
+def build_detector(plans: dict[str, Any], objective: str = "dqm") -> nn.Module:
+    """The Organ-DETR network of `plans` with the head of `objective` (see the module docstring)."""
+    from autodetr.model import build_model
+
+    check_objective(objective)
+    if objective == "drmm":
+        network = plans["network"]
+        head = DRMMDecoderHead(int(network["hidden_dim"]), len(plans["classes"]), int(network["decoder"]["layers"]))
+        return build_model(plans, head=head)
+    return build_model(plans)
+
+
+class DRMMCriterion(nn.Module):
+    """D-RMM loss on `outputs["drmm"]` plus `lambda_seg * L_seg` on `outputs["seg_logits"]`.
+
+    `criterion(outputs, targets, seg_target) -> (loss, components)`; components: the `DRMMLoss` floats
+    (`nll`, `mcm`, ...), `seg` (unweighted) and `total`.
+    """
+
+    def __init__(self, plans: dict[str, Any]) -> None:
+        super().__init__()
+        from autodetr.losses.drmm import DRMMLoss
+        from autodetr.model.backbone import feature_level_strides
+
+        self.drmm = DRMMLoss.from_plans(plans)
+        self.weight_seg = float(plans["loss"]["seg"])
+        self.seg_strides = feature_level_strides(plans)
+
+    def forward(
+        self, outputs: dict[str, Any], targets: Sequence[dict[str, torch.Tensor]], seg_target: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        from autodetr.losses.segmentation import multiscale_segmentation_loss
+
+        total, components = self.drmm(outputs["drmm"], targets)
+        components = dict(components)
+        seg_logits = outputs.get("seg_logits") or []
+        if seg_target is not None and len(seg_logits) and self.weight_seg > 0:
+            strides = self.seg_strides if len(self.seg_strides) == len(seg_logits) else None
+            loss_seg, _ = multiscale_segmentation_loss(seg_logits, seg_target.to(seg_logits[0].device).long(), strides)
+            total = total + self.weight_seg * loss_seg
+            components["seg"] = float(loss_seg.detach())
+        components["total"] = float(total.detach())
+        return total, components
+
+
+def build_criterion(plans: dict[str, Any], objective: str = "dqm") -> nn.Module:
+    """The training loss of `objective`: `criterion(outputs, targets, seg_target) -> (loss, components)`.
+
+    dqm / hungarian: `SetCriterion(plans, matcher=objective)` (Eq. 8); drmm: `DRMMCriterion`."""
+    check_objective(objective)
+    if objective == "drmm":
+        return DRMMCriterion(plans)
+    from autodetr.losses.criterion import SetCriterion
+
+    return SetCriterion(plans, matcher=objective)
+
+
+@torch.no_grad()
+def detect(outputs: dict[str, Any], objective: str = "dqm", max_per_class: int = 1) -> list[dict[str, torch.Tensor]]:
+    """Detections of a batch of network outputs, one dict per sample: `boxes` [K, 6] normalised centre
+    boxes (relative to the network input), `scores` [K] in [0, 1], `labels` [K] int64 in 1..C (class
+    indices of the plan). The best `max_per_class` queries per class (organs: 1), no threshold, no NMS.
+    Tensors are float32 / int64 on the CPU."""
+    check_objective(objective)
+    if objective == "drmm":
+        from autodetr.model.drmm_head import drmm_select_detections
+
+        if "drmm" not in outputs:
+            raise ValueError("detect(objective='drmm') needs the D-RMM head output under outputs['drmm']")
+        selected = drmm_select_detections(outputs["drmm"], max_per_class=max_per_class)
+    else:
+        from autodetr.model.postprocess import select_detections
+
+        if "pred_logits" not in outputs:
+            raise ValueError(f"detect(objective='{objective}') needs pred_logits / pred_boxes (a DETR head output)")
+        selected = select_detections(outputs, max_per_class=max_per_class)
+    return [
+        {"boxes": s["boxes"].detach().float().cpu(), "scores": s["scores"].detach().float().cpu(),
+         "labels": s["labels"].detach().long().cpu()}
+        for s in selected
+    ]
+
+
+def to_original_voxels(boxes: Any, input_size: Sequence[int], restore: Any) -> "np.ndarray":
+    """Normalised centre boxes `[K, 6]` of the network input -> corner boxes in original-image voxels.
+
+    The input is the preprocessed case padded at the high end to `input_size`, so the boxes are first
+    made voxel corners of that grid, clipped to the preprocessed image (`restore.preprocessed_shape`),
+    mapped back with `restore.preprocessed_to_original` (a `preprocessing.restore.RestoreInfo`) and
+    clipped to the original image shape."""
+    import numpy as np
+
+    from autodetr.boxes import clip_boxes, denormalise_centre
+
+    values = boxes.detach().cpu().numpy() if isinstance(boxes, torch.Tensor) else np.asarray(boxes)
+    corners = denormalise_centre(values.reshape(-1, 6).astype(np.float64), [int(v) for v in input_size])
+    corners = clip_boxes(corners, restore.preprocessed_shape)
+    return clip_boxes(restore.preprocessed_to_original(corners), restore.geometry.shape_zyx)
+
+
+def find_checkpoint(fold_folder: str | Path, checkpoint: str | None = None) -> Path:
+    """The checkpoint file of a trained fold: `checkpoint` (a file name in the folder or a path) or the
+    first of `CHECKPOINT_PREFERENCE` that exists."""
+    folder = Path(fold_folder)
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        path = path if path.is_file() else folder / checkpoint
+        if not path.is_file():
+            raise InputError(f"{path}: checkpoint not found")
+        return path
+    for name in CHECKPOINT_PREFERENCE:
+        if (folder / name).is_file():
+            return folder / name
+    raise InputError(f"{folder}: no checkpoint ({', '.join(CHECKPOINT_PREFERENCE)}); train this fold first")
+
+
+def load_trained_detector(
+    fold_folder: str | Path, device: str | torch.device = "cpu", checkpoint: str | None = None
+) -> tuple[nn.Module, dict, dict]:
+    """Rebuild a trained fold: `(model in eval mode on device, plans, arguments)`.
+
+    Reads `plans.json` and `arguments.json` (its `objective` picks the head) of `fold_folder` and the
+    weights of `checkpoint_best.pt`, else `checkpoint_final.pt`, else `checkpoint_last.pt` (or the
+    `checkpoint` given), with `torch.load(..., weights_only=True)`."""
+    folder = Path(fold_folder)
+    for name in ("plans.json", "arguments.json"):
+        if not (folder / name).is_file():
+            raise InputError(f"{folder / name}: missing; {folder} is not a trained fold folder")
+    plans = json.loads((folder / "plans.json").read_text())
+    arguments = json.loads((folder / "arguments.json").read_text())
+    objective = check_objective(str(arguments.get("objective", "dqm")))
+    path = find_checkpoint(folder, checkpoint)
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file
+        raise InputError(f"{path}: cannot read checkpoint ({error})") from error
+    state = content["model"] if isinstance(content, dict) and "model" in content else content
+    model = build_detector(plans, objective)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise InputError(f"{path}: weights do not fit the network of {folder / 'plans.json'} ({error})") from error
+    model.to(device).eval()
+    arguments = dict(arguments)
+    arguments["checkpoint"] = str(path)
+    return model, plans, arguments

@@ -1,0 +1,200 @@
+"""Training augmentation (batchgenerators) and the detection targets made from the augmented labels.
+
+Pipeline (`training_transforms`), on whole padded volumes (patch = `plans["input_size"]`, no crop):
+
+1. Spatial (`SpatialTransformPerSample`: batchgenerators' `augment_spatial`, `random_crop=False`,
+   border mode constant with each sample's own minimum, i.e. the padded background): rotation (in the
+   plane of axes 1 and 2 -- the axial plane, as the planner puts the coarsest axis first -- up to
+   `rotation_degrees`, about the other two axes up to `rotation_degrees_out_of_plane`), isotropic
+   scaling in `scale_range`, elastic deformation (`elastic_alpha`, `elastic_sigma`), each with its
+   probability. Image interpolation is linear (`order_data` 1: cubic costs about twice as much on a CPU
+   and adds little at these resolutions); the label map uses nearest-neighbour interpolation.
+2. Left-right mirror with label swap (`LateralMirrorTransform`): with probability `p_mirror` the volume
+   is flipped along the case's left-right axis (the image x axis, found through `transpose_forward`
+   and the image direction: `dataset.left_right_axis`) AND the classes of every pair of
+   `plans["lateral_pairs"]` (kidney_left / kidney_right, ...) are swapped in the label map, so a voxel
+   labelled kidney_left is always on the patient's left. Non-lateral organs change sides (the liver
+   ends up on the left: a situs-inversus body), which is why the default probability is modest.
+   The other axes are never mirrored: a head-foot or front-back flip makes a body the detector never
+   sees at test time, and an organ's position is one of its strongest cues.
+3. Intensity: `GammaTransform`, `GaussianNoiseTransform`, `BrightnessMultiplicativeTransform`,
+   `ContrastAugmentationTransform` (nnU-Net-like probabilities, modest ranges).
+4. Targets (`DetectionTargetsTransform`): boxes are recomputed from the AUGMENTED label map with
+   `autodetr.boxes.boxes_from_label_map` (one box per class present), normalised to the input size.
+   Organs cut by the field of view, one-voxel organs and organs that vanish after augmentation are
+   normal (a vanished organ simply has no target). For nnDetection instance datasets the preprocessed
+   `seg` holds class indices, so instances of one class merge into one box here -- acceptable for
+   organs (one instance per class); instance-level targets would need the instance map.
+
+All parameters live in `plans["training"]["augmentation"]` (defaults `DEFAULT_AUGMENTATION`, written into
+the fold's plans.json, overridable with `--set training.augmentation.p_mirror=0`). Every transform uses
+numpy's global RNG, which the data loader seeds per batch (see `dataset.py`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+from batchgenerators.augmentations.spatial_transformations import augment_spatial
+from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
+from batchgenerators.transforms.color_transforms import (
+    BrightnessMultiplicativeTransform,
+    ContrastAugmentationTransform,
+    GammaTransform,
+)
+from batchgenerators.transforms.noise_transforms import GaussianNoiseTransform
+
+from autodetr.boxes import boxes_from_label_map, normalise_corners
+
+DEFAULT_AUGMENTATION: dict[str, Any] = {
+    "enabled": True,
+    "p_rotation": 0.2,
+    "rotation_degrees": 15.0,
+    "rotation_degrees_out_of_plane": 5.0,
+    "p_scale": 0.2,
+    "scale_range": [0.85, 1.15],
+    "p_elastic": 0.1,
+    "elastic_alpha": [0.0, 600.0],
+    "elastic_sigma": [9.0, 13.0],
+    "order_data": 1,
+    "p_mirror": 0.25,
+    "p_gamma": 0.3,
+    "gamma_range": [0.7, 1.5],
+    "p_noise": 0.1,
+    "noise_variance": [0.0, 0.1],
+    "p_brightness": 0.15,
+    "brightness_range": [0.75, 1.25],
+    "p_contrast": 0.15,
+    "contrast_range": [0.75, 1.25],
+}
+
+
+def augmentation_options(plans: dict) -> dict[str, Any]:
+    """`DEFAULT_AUGMENTATION` updated with `plans["training"]["augmentation"]`."""
+    options = dict(DEFAULT_AUGMENTATION)
+    options.update(plans.get("training", {}).get("augmentation", {}) or {})
+    return options
+
+
+class SpatialTransformPerSample(AbstractTransform):
+    """batchgenerators' `augment_spatial` (rotation, scaling, elastic) sample by sample, so the constant
+    border value can be each sample's own minimum (the padded background of a normalised CT)."""
+
+    def __init__(self, patch_size: Sequence[int], **spatial_options: Any) -> None:
+        self.patch_size = [int(s) for s in patch_size]
+        self.options = spatial_options
+
+    def __call__(self, **batch: Any) -> dict:
+        data, seg = batch["data"], batch.get("seg")
+        out_data = np.empty((data.shape[0], data.shape[1], *self.patch_size), dtype=np.float32)
+        out_seg = None if seg is None else np.empty((seg.shape[0], seg.shape[1], *self.patch_size), dtype=np.float32)
+        for sample in range(data.shape[0]):
+            sample_data, sample_seg = augment_spatial(
+                data[sample:sample + 1], None if seg is None else seg[sample:sample + 1], self.patch_size,
+                border_mode_data="constant", border_cval_data=float(data[sample].min()),
+                border_mode_seg="constant", border_cval_seg=0, order_seg=0, random_crop=False, **self.options,
+            )
+            out_data[sample] = sample_data[0]
+            if out_seg is not None:
+                out_seg[sample] = sample_seg[0]
+        batch["data"] = out_data
+        if out_seg is not None:
+            batch["seg"] = out_seg
+        return batch
+
+
+def swap_table(lateral_pairs: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
+    """Lookup table class index -> class index after a left-right mirror (pairs swapped)."""
+    table = np.arange(max(num_classes + 1, 1 + max((max(p) for p in lateral_pairs), default=0)), dtype=np.int64)
+    for left, right in lateral_pairs:
+        table[int(left)], table[int(right)] = int(right), int(left)
+    return table
+
+
+class LateralMirrorTransform(AbstractTransform):
+    """Flip each sample along its left-right axis with probability `p_per_sample`, swapping the lateral
+    class pairs in the label map at the same time (see the module docstring).
+
+    `batch["lr_axis"][b]` is sample b's left-right axis in the spatial axes (0..2); `batch["mirrored"]`
+    records which samples were flipped."""
+
+    def __init__(self, lateral_pairs: Sequence[Sequence[int]], num_classes: int, p_per_sample: float = 0.5,
+                 default_axis: int = 2) -> None:
+        self.table = swap_table(lateral_pairs, num_classes)
+        self.p_per_sample = float(p_per_sample)
+        self.default_axis = int(default_axis)
+
+    def __call__(self, **batch: Any) -> dict:
+        data, seg = batch["data"], batch.get("seg")
+        axes = batch.get("lr_axis")
+        mirrored = np.zeros(data.shape[0], dtype=bool)
+        for sample in range(data.shape[0]):
+            if not np.random.uniform() < self.p_per_sample:
+                continue
+            axis = int(axes[sample]) if axes is not None else self.default_axis
+            data[sample] = np.flip(data[sample], axis=axis + 1).copy()
+            if seg is not None:
+                flipped = np.flip(seg[sample], axis=axis + 1)
+                labels = np.rint(flipped).astype(np.int64)
+                seg[sample] = self.table[np.clip(labels, 0, len(self.table) - 1)].astype(seg.dtype)
+            mirrored[sample] = True
+        batch["mirrored"] = mirrored
+        return batch
+
+
+class DetectionTargetsTransform(AbstractTransform):
+    """Label map -> `seg [B, D, H, W]` int16 class indices, `target_boxes` (list of float32 [G, 6]
+    normalised centre boxes relative to `input_size`) and `target_labels` (list of int64 [G] in 1..C)."""
+
+    def __init__(self, input_size: Sequence[int], num_classes: int) -> None:
+        self.input_size = tuple(int(s) for s in input_size)
+        self.values = list(range(1, num_classes + 1))
+
+    def __call__(self, **batch: Any) -> dict:
+        seg = np.rint(np.asarray(batch["seg"])).astype(np.int16)
+        if seg.ndim == 5:
+            seg = seg[:, 0]
+        boxes, labels = [], []
+        for sample in seg:
+            corners, values = boxes_from_label_map(sample, values=self.values)
+            boxes.append(normalise_corners(corners, self.input_size).astype(np.float32).reshape(-1, 6))
+            labels.append(values.astype(np.int64))
+        batch["seg"] = seg
+        batch["target_boxes"] = boxes
+        batch["target_labels"] = labels
+        return batch
+
+
+def training_transforms(plans: dict, augment: bool = True) -> Compose:
+    """The training pipeline of the module docstring (`augment=False`: targets only)."""
+    options = augmentation_options(plans)
+    input_size = plans["input_size"]
+    num_classes = len(plans["classes"])
+    transforms: list[AbstractTransform] = []
+    if augment and options["enabled"]:
+        in_plane = math.radians(float(options["rotation_degrees"]))
+        out_of_plane = math.radians(float(options["rotation_degrees_out_of_plane"]))
+        transforms.append(SpatialTransformPerSample(
+            input_size,
+            do_elastic_deform=float(options["p_elastic"]) > 0, alpha=tuple(options["elastic_alpha"]),
+            sigma=tuple(options["elastic_sigma"]), p_el_per_sample=float(options["p_elastic"]),
+            do_rotation=float(options["p_rotation"]) > 0, angle_x=(-in_plane, in_plane),
+            angle_y=(-out_of_plane, out_of_plane), angle_z=(-out_of_plane, out_of_plane),
+            p_rot_per_sample=float(options["p_rotation"]),
+            do_scale=float(options["p_scale"]) > 0, scale=tuple(options["scale_range"]),
+            p_scale_per_sample=float(options["p_scale"]), order_data=int(options["order_data"]),
+        ))
+        if float(options["p_mirror"]) > 0:
+            transforms.append(LateralMirrorTransform(plans.get("lateral_pairs", []), num_classes, float(options["p_mirror"])))
+        transforms += [
+            GammaTransform(tuple(options["gamma_range"]), invert_image=False, per_channel=True, retain_stats=True,
+                           p_per_sample=float(options["p_gamma"])),
+            GaussianNoiseTransform(tuple(options["noise_variance"]), p_per_sample=float(options["p_noise"])),
+            BrightnessMultiplicativeTransform(tuple(options["brightness_range"]), per_channel=True,
+                                              p_per_sample=float(options["p_brightness"])),
+            ContrastAugmentationTransform(tuple(options["contrast_range"]), preserve_range=True, per_channel=True,
+                                          p_per_sample=float(options["p_contrast"])),
+        ]
+    transforms.append(DetectionTargetsTransform(input_size, num_classes))
+    return Compose(transforms)

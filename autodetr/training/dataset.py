@@ -1,0 +1,169 @@
+"""Training data: preprocessed cases (`<case>.npz` + `<case>.json`), padding to the network input, and
+the batchgenerators data loader.
+
+Determinism: batch number `i` of epoch `e` on rank `r` is drawn from numpy's global RNG seeded with
+`SeedSequence([seed, r, e, i])` right before the cases are chosen (python's `random` too: batchgenerators'
+Gaussian noise draws its variance from it); the augmentation transforms that follow use the same global
+RNGs in the same process. So a batch depends only on (seed, rank, epoch,
+iteration): not on the number of background workers, not on what ran before, and a resumed run draws
+exactly the batches the uninterrupted run would have drawn. With `k` workers, worker `w` makes batches
+`start + w, start + w + k, ...` and `MultiThreadedAugmenter` hands them out round-robin, in order.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from batchgenerators.dataloading.data_loader import DataLoader
+
+from autodetr.atomic_io import read_json
+from autodetr.errors import InputError
+
+#: Original array axis of the image x axis (arrays are (z, y, x)).
+ORIGINAL_X_AXIS = 2
+
+
+def batch_seed(seed: int, rank: int, epoch: int, iteration: int) -> np.ndarray:
+    """32-bit words for `np.random.seed`, from (seed, rank, epoch, iteration in epoch)."""
+    return np.random.SeedSequence([int(seed), int(rank), int(epoch), int(iteration)]).generate_state(4)
+
+
+def left_right_axis(transpose_forward: Sequence[int], direction: Sequence[float] | None = None) -> int:
+    """The preprocessed-array axis that runs between the patient's left and right.
+
+    The world x axis (LPS / RAS: right <-> left) is carried by the image index axis whose direction
+    column has the largest |x| component (SimpleITK direction, row-major; identity: index axis x, i.e.
+    original array axis 2). Preprocessing transposes the array with `transpose_forward`, so that
+    original axis ends up at `transpose_forward.index(axis)`."""
+    original_axis = ORIGINAL_X_AXIS
+    if direction is not None and len(direction) == 9:
+        matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+        index_axis_xyz = int(np.argmax(np.abs(matrix[0])))  # column j = index axis j (x, y, z)
+        original_axis = 2 - index_axis_xyz
+    return list(transpose_forward).index(original_axis)
+
+
+@dataclass
+class CaseFiles:
+    case_id: str
+    npz: Path
+    restore_json: Path
+
+
+def case_files(folder: Path, case_ids: Sequence[str]) -> list[CaseFiles]:
+    """The npz and JSON of every case id; InputError naming the first missing file."""
+    folder = Path(folder)
+    files = []
+    for case_id in case_ids:
+        entry = CaseFiles(case_id, folder / f"{case_id}.npz", folder / f"{case_id}.json")
+        for path in (entry.npz, entry.restore_json):
+            if not path.is_file():
+                raise InputError(f"{path}: preprocessed case missing; run autodetr_plan_and_preprocess again")
+        files.append(entry)
+    return files
+
+
+def load_case(path: Path) -> dict[str, np.ndarray]:
+    """`image [C, D, H, W]` float32, `seg [D, H, W]` int16, `boxes [G, 6]`, `classes [G]` of one npz."""
+    try:
+        with np.load(path, allow_pickle=False) as content:
+            return {
+                "image": content["image"].astype(np.float32, copy=False),
+                "seg": content["seg"].astype(np.int16, copy=False),
+                "boxes": content["boxes"].astype(np.float32, copy=False).reshape(-1, 6),
+                "classes": content["classes"].astype(np.int64, copy=False).reshape(-1),
+            }
+    except (OSError, KeyError, ValueError) as error:
+        raise InputError(f"{path}: cannot read preprocessed case ({error}); rerun autodetr_plan_and_preprocess") from error
+
+
+def pad_to_input(image: np.ndarray, seg: np.ndarray | None, input_size: Sequence[int], source: object = "case") -> tuple[np.ndarray, np.ndarray | None]:
+    """Pad `image [C, D, H, W]` (with its minimum) and `seg [D, H, W]` (with 0) at the high end of each
+    axis to `input_size` (the network input; normalised boxes are relative to it)."""
+    shape = image.shape[1:]
+    size = [int(s) for s in input_size]
+    if any(s > t for s, t in zip(shape, size)):
+        raise InputError(f"{source}: preprocessed shape {list(shape)} exceeds the plan's input_size {size}; "
+                         "preprocess again with these plans")
+    padding = [(0, 0)] + [(0, t - s) for s, t in zip(shape, size)]
+    padded = np.pad(image, padding, mode="constant", constant_values=float(image.min()) if image.size else 0.0)
+    padded_seg = None if seg is None else np.pad(seg, padding[1:], mode="constant", constant_values=0)
+    return padded.astype(np.float32, copy=False), padded_seg
+
+
+def case_left_right_axes(files: Sequence[CaseFiles], transpose_forward: Sequence[int]) -> dict[str, int]:
+    """Left-right axis (preprocessed array) of every case, from the direction in its restore JSON."""
+    axes = {}
+    for entry in files:
+        direction = None
+        try:
+            direction = read_json(entry.restore_json)["restore"]["geometry"]["direction"]
+        except (KeyError, TypeError, ValueError, OSError):
+            direction = None
+        axes[entry.case_id] = left_right_axis(transpose_forward, direction)
+    return axes
+
+
+class DetectionDataLoader(DataLoader):
+    """Batches of whole, padded cases for iterations `[start, stop)` of one epoch (see the module docstring).
+
+    A batch is a dict: `data [B, C, D, H, W]` float32, `seg [B, 1, D, H, W]` int16, `keys` (case ids),
+    `lr_axis [B]` (the left-right axis of each case's preprocessed array) and `iteration`.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[CaseFiles],
+        batch_size: int,
+        input_size: Sequence[int],
+        lr_axes: dict[str, int],
+        seed: int,
+        epoch: int,
+        start: int,
+        stop: int,
+        rank: int = 0,
+        num_workers: int = 1,
+    ) -> None:
+        super().__init__(list(files), batch_size, num_threads_in_multithreaded=max(1, num_workers),
+                         seed_for_shuffle=seed, return_incomplete=False, shuffle=False, infinite=True)
+        if not files:
+            raise InputError("no training cases")
+        self.files = list(files)
+        self.input_size = [int(s) for s in input_size]
+        self.lr_axes = dict(lr_axes)
+        self.seed, self.epoch, self.rank = int(seed), int(epoch), int(rank)
+        self.start, self.stop = int(start), int(stop)
+        self.produced = 0
+
+    def next_iteration(self) -> int:
+        return self.start + self.thread_id + self.produced * self.number_of_threads_in_multithreaded
+
+    def generate_train_batch(self) -> dict:
+        iteration = self.next_iteration()
+        if iteration >= self.stop:
+            raise StopIteration
+        self.produced += 1
+        seeds = batch_seed(self.seed, self.rank, self.epoch, iteration)
+        np.random.seed(seeds)
+        random.seed(int(seeds[0]) << 32 | int(seeds[1]))  # batchgenerators' noise variance uses `random`
+        replace = len(self.files) < self.batch_size
+        chosen = np.random.choice(len(self.files), self.batch_size, replace=replace)
+        images, segs, keys, axes = [], [], [], []
+        for index in chosen:
+            entry = self.files[int(index)]
+            case = load_case(entry.npz)
+            image, seg = pad_to_input(case["image"], case["seg"], self.input_size, entry.npz)
+            images.append(image)
+            segs.append(seg[None])
+            keys.append(entry.case_id)
+            axes.append(self.lr_axes.get(entry.case_id, 0))
+        return {
+            "data": np.stack(images),
+            "seg": np.stack(segs),
+            "keys": keys,
+            "lr_axis": np.asarray(axes, dtype=np.int64),
+            "iteration": iteration,
+        }

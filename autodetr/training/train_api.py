@@ -1,0 +1,223 @@
+"""`autodetr_train` as a Python API: `train(dataset, fold, ...)` -> the fold's output folder.
+
+Output: `$AUTODETR_results/DatasetXXX_Name/autodetrTrainer_<objective>__<plans>/fold_<k>/` (`fold_all` for
+fold "all"): checkpoint_{last,best,final}.pt, training_log.txt, progress.png, plans.json (the exact
+plans used, after every override), arguments.json (all arguments), validation/ (one prediction JSON per
+validation case and metrics.json / metrics.csv from the evaluator).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from autodetr.atomic_io import read_json, write_json
+from autodetr.detector import OBJECTIVES, check_objective
+from autodetr.errors import InputError
+from autodetr.paths import dataset_name_from_id, preprocessed_root, results_root
+from autodetr.planners.planner import PLANS_NAME, _set_path, parse_override
+from autodetr.training.augmentation import DEFAULT_AUGMENTATION
+
+TRAINER_NAME = "autodetrTrainer"
+#: `plans["training"]` keys the trainer reads, with the values used when a plan lacks them.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "batch_size": 2,
+    "learning_rate": 2e-4,
+    "backbone_lr_factor": 0.1,
+    "sampling_lr_factor": 0.1,
+    "weight_decay": 1e-4,
+    "warmup_iterations": 100,
+    "grad_clip_norm": 0.1,
+    "epochs": 100,
+    "iterations_per_epoch": 50,
+    "lr_schedule": "cosine",
+    "final_lr_factor": 0.01,
+    "amp": True,
+    "find_unused_parameters": False,
+    "augmentation": DEFAULT_AUGMENTATION,
+}
+
+
+def parse_fold(fold: str | int) -> int | str:
+    """`fold0`..`fold4`, `0`..`4` (any non-negative index of splits_final.json) or `all`."""
+    text = str(fold).strip().lower()
+    if text == "all" or text == "fold_all":
+        return "all"
+    for prefix in ("fold_", "fold"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+            break
+    if not text.isdigit():
+        raise InputError(f"fold '{fold}': expected fold0..fold4, 0..4 or all")
+    return int(text)
+
+
+def trainer_folder_name(objective: str, plans_name: str = PLANS_NAME) -> str:
+    return f"{TRAINER_NAME}_{objective}__{plans_name}"
+
+
+def fold_folder(dataset_name: str, fold: int | str, objective: str = "dqm", plans_name: str = PLANS_NAME) -> Path:
+    return results_root() / dataset_name / trainer_folder_name(objective, plans_name) / f"fold_{fold}"
+
+
+def fill_training_defaults(plans: dict) -> dict:
+    """Add every `TRAINING_DEFAULTS` key missing from `plans["training"]` (nested for augmentation)."""
+    training = plans.setdefault("training", {})
+    for key, value in TRAINING_DEFAULTS.items():
+        if key not in training:
+            training[key] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(training[key], dict):
+            for inner, inner_value in value.items():
+                training[key].setdefault(inner, copy.deepcopy(inner_value))
+    return plans
+
+
+def apply_overrides(plans: dict, overrides: Sequence[str] | dict | None) -> dict:
+    """`--set KEY=VALUE` (dotted keys, JSON values) on the plans; unknown keys are an InputError."""
+    if not overrides:
+        return plans
+    items = overrides.items() if isinstance(overrides, dict) else [parse_override(text) for text in overrides]
+    for key, value in items:
+        _set_path(plans, key, value)
+    return plans
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_num_workers(world_size: int = 1) -> int:
+    """One background process per spare core, at most 4, shared by the ranks of this machine."""
+    cores = os.cpu_count() or 1
+    return max(0, min(4, (cores - world_size) // max(1, world_size)))
+
+
+def train(
+    dataset: str | int,
+    fold: str | int = 0,
+    objective: str = "dqm",
+    plans_name: str = PLANS_NAME,
+    epochs: int | None = None,
+    iterations_per_epoch: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    device: str | None = None,
+    num_workers: int | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    backbone: str | None = None,
+    val_every: int | None = None,
+    max_minutes: float | None = None,
+    overrides: Sequence[str] | dict | None = None,
+    progress_bar: bool = True,
+) -> Path:
+    """Train one fold (see the module docstring); returns the fold folder. Under torchrun every rank
+    calls this; rank 0 writes the files."""
+    import torch
+
+    from autodetr.training.distributed import cleanup_distributed, distributed_from_environment, init_distributed
+    from autodetr.training.trainer import Trainer, TrainingSetup
+
+    check_objective(objective)
+    fold_value = parse_fold(fold)
+    dataset_name = _resolve_dataset(dataset)
+    plans_dir = preprocessed_root() / dataset_name / plans_name
+    plans_file = plans_dir / "plans.json"
+    if not plans_file.is_file():
+        raise InputError(f"{plans_file}: no plans; run autodetr_plan_and_preprocess -d {dataset_name} first")
+    splits_file = preprocessed_root() / dataset_name / "splits_final.json"
+    if not splits_file.is_file():
+        raise InputError(f"{splits_file}: no splits; run autodetr_plan_and_preprocess -d {dataset_name} first")
+    splits = read_json(splits_file)
+    if fold_value == "all":
+        train_cases = sorted({c for split in splits for c in split["train"] + split["val"]})
+        val_cases: list[str] = []
+    else:
+        if not 0 <= fold_value < len(splits):
+            raise InputError(f"fold {fold_value}: {splits_file} has folds 0..{len(splits) - 1}")
+        train_cases = list(splits[fold_value]["train"])
+        val_cases = list(splits[fold_value]["val"])
+    if not train_cases:
+        raise InputError(f"fold {fold_value} of {splits_file} has no training cases")
+
+    output = fold_folder(dataset_name, fold_value, objective, plans_name)
+    if resume and not (output / "checkpoint_last.pt").is_file():
+        raise InputError(f"--resume: {output / 'checkpoint_last.pt'} does not exist; train without --resume first")
+    # resuming continues with the plans the fold was trained with; new overrides apply on top
+    base = read_json(output / "plans.json") if resume and (output / "plans.json").is_file() else read_json(plans_file)
+    plans = fill_training_defaults(copy.deepcopy(base))
+    if backbone is not None:
+        if backbone not in ("fpn", "resnet50", "resnet101"):
+            raise InputError(f"--backbone {backbone}: choose fpn, resnet50 or resnet101")
+        plans["network"]["backbone"] = backbone
+    apply_overrides(plans, overrides)
+    for key, value in (("epochs", epochs), ("iterations_per_epoch", iterations_per_epoch),
+                       ("batch_size", batch_size), ("learning_rate", learning_rate)):
+        if value is not None:
+            if value <= 0:
+                raise InputError(f"{key.replace('_', ' ')} must be positive, got {value}")
+            plans["training"][key] = value
+    if int(seed) < 0:
+        raise InputError(f"--seed must be >= 0, got {seed}")
+    if val_every is not None and val_every < 1:
+        raise InputError(f"--val-every must be at least 1, got {val_every}")
+    if max_minutes is not None and max_minutes <= 0:
+        raise InputError(f"--max-minutes must be positive, got {max_minutes}")
+
+    info = distributed_from_environment()
+    device_name = device or default_device()
+    if device_name not in ("cpu", "cuda") and not device_name.startswith("cuda:"):
+        raise InputError(f"--device {device_name}: choose cpu or cuda")
+    if device_name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available (use --device cpu)")
+    if device_name == "cuda" and info.enabled:
+        device_name = f"cuda:{info.local_rank}"
+    elif device_name == "cuda":
+        device_name = "cuda:0"
+    workers = default_num_workers(info.world_size) if num_workers is None else int(num_workers)
+    if workers < 0:
+        raise InputError(f"--num-workers must be >= 0, got {workers}")
+    if info.enabled and device_name == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
+
+    arguments = {
+        "dataset": str(dataset), "dataset_name": dataset_name, "fold": fold_value, "objective": objective,
+        "plans_name": plans_name, "epochs": plans["training"]["epochs"],
+        "iterations_per_epoch": plans["training"]["iterations_per_epoch"],
+        "batch_size": plans["training"]["batch_size"], "learning_rate": plans["training"]["learning_rate"],
+        "device": device_name, "num_workers": workers, "resume": bool(resume), "seed": int(seed),
+        "backbone": plans["network"].get("backbone"), "val_every": val_every, "max_minutes": max_minutes,
+        "overrides": list(overrides.items()) if isinstance(overrides, dict) else list(overrides or []),
+        "world_size": info.world_size, "train_cases": train_cases, "val_cases": val_cases,
+        "trainer": trainer_folder_name(objective, plans_name), "preprocessed_folder": str(plans_dir),
+    }
+    setup = TrainingSetup(
+        output_folder=output, preprocessed_folder=plans_dir, train_cases=train_cases, val_cases=val_cases,
+        objective=objective, fold_label=str(fold_value), device=device_name, num_workers=workers, seed=int(seed),
+        resume=bool(resume), val_every=val_every, max_minutes=max_minutes, progress_bar=progress_bar,
+        distributed=info, arguments=arguments,
+    )
+    init_distributed(info, torch.device(device_name))
+    try:
+        if info.is_main:
+            output.mkdir(parents=True, exist_ok=True)
+            write_json(output / "plans.json", plans)
+            write_json(output / "arguments.json", arguments)
+        return Trainer(plans, setup).run()
+    finally:
+        cleanup_distributed()
+
+
+def _resolve_dataset(dataset: str | int) -> str:
+    roots = [preprocessed_root()]
+    for variable in ("AUTODETR_raw", "AUTODETR_results"):
+        if os.environ.get(variable):
+            roots.append(Path(os.environ[variable]))
+    return dataset_name_from_id(dataset, roots)
+
+
+__all__ = ["train", "parse_fold", "fold_folder", "trainer_folder_name", "fill_training_defaults", "apply_overrides",
+           "TRAINING_DEFAULTS", "OBJECTIVES"]

@@ -1,0 +1,155 @@
+"""Training augmentation: the left-right mirror keeps lateral labels anatomically correct, targets follow
+the augmented label map, batches are reproducible."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autodetr.boxes import boxes_from_label_map, denormalise_centre
+from autodetr.training.augmentation import (
+    DetectionTargetsTransform,
+    LateralMirrorTransform,
+    training_transforms,
+)
+from autodetr.training.dataset import left_right_axis, pad_to_input
+
+KIDNEY_LEFT, KIDNEY_RIGHT, LIVER = 1, 2, 3
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def make_plans(transpose_forward=(0, 1, 2), input_size=(16, 20, 24)) -> dict:
+    return {
+        "input_size": list(input_size),
+        "transpose_forward": list(transpose_forward),
+        "classes": [{"index": 1, "label_value": 1, "name": "kidney_left"},
+                    {"index": 2, "label_value": 2, "name": "kidney_right"},
+                    {"index": 3, "label_value": 3, "name": "liver"}],
+        "lateral_pairs": [[KIDNEY_LEFT, KIDNEY_RIGHT]],
+        "training": {"augmentation": {}},
+    }
+
+
+def lps_volume(shape=(16, 20, 24)) -> tuple[np.ndarray, np.ndarray]:
+    """(image, labels) in original (z, y, x) order, LPS identity direction: x index grows towards the
+    patient's LEFT. kidney_left sits at high x, kidney_right at low x, the liver at low x (patient right)."""
+    labels = np.zeros(shape, dtype=np.int16)
+    image = np.full(shape, -1.0, dtype=np.float32)
+    z, y, x = shape
+    labels[4:10, 8:12, x - 7:x - 3] = KIDNEY_LEFT
+    labels[5:11, 8:12, 3:7] = KIDNEY_RIGHT
+    labels[2:6, 2:7, 2:9] = LIVER
+    image[labels == KIDNEY_LEFT] = 2.0
+    image[labels == KIDNEY_RIGHT] = 1.0
+    image[labels == LIVER] = 0.5
+    return image, labels
+
+
+def patient_side(labels: np.ndarray, value: int, axis: int) -> str:
+    """'left' if the class lies in the high half of `axis` (patient left for an LPS x axis), else 'right'."""
+    coordinates = np.nonzero(labels == value)[axis]
+    return "left" if coordinates.mean() >= labels.shape[axis] / 2 else "right"
+
+
+@pytest.mark.parametrize("transpose_forward", [(0, 1, 2), (2, 0, 1), (1, 2, 0)])
+def test_mirror_keeps_lateral_labels_on_their_side(transpose_forward) -> None:
+    image, labels = lps_volume()
+    image_t = image.transpose(transpose_forward)
+    labels_t = labels.transpose(transpose_forward)
+    axis = left_right_axis(transpose_forward, IDENTITY)
+    assert axis == list(transpose_forward).index(2)
+    assert patient_side(labels_t, KIDNEY_LEFT, axis) == "left"
+    batch = {"data": image_t[None, None].copy(), "seg": labels_t[None, None].astype(np.float32),
+             "lr_axis": np.asarray([axis])}
+    mirror = LateralMirrorTransform([[KIDNEY_LEFT, KIDNEY_RIGHT]], num_classes=3, p_per_sample=1.0)  # flip forced on
+    out = mirror(**batch)
+    assert out["mirrored"].tolist() == [True]
+    seg = out["seg"][0, 0]
+    # the image is flipped along the left-right axis ...
+    np.testing.assert_array_equal(out["data"][0, 0], np.flip(image_t, axis=axis))
+    # ... and the voxels labelled kidney_left are still on the patient's left, kidney_right on the right
+    assert patient_side(seg, KIDNEY_LEFT, axis) == "left"
+    assert patient_side(seg, KIDNEY_RIGHT, axis) == "right"
+    # the kidney_left voxels are the mirrored kidney_right voxels (whose image intensity was 1.0)
+    assert np.all(out["data"][0, 0][seg == KIDNEY_LEFT] == 1.0)
+    # a non-lateral organ just moves (situs inversus), keeping its label
+    assert (seg == LIVER).sum() == (labels == LIVER).sum()
+    assert patient_side(seg, LIVER, axis) == "left"
+
+
+def test_left_right_axis_follows_the_direction_matrix() -> None:
+    # index axis y of the image points along world x (a permuted direction): array axis 1 is left-right
+    direction = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    assert left_right_axis([0, 1, 2], direction) == 1
+    assert left_right_axis([1, 0, 2], direction) == 0
+    assert left_right_axis([0, 1, 2], None) == 2
+
+
+def test_boxes_after_augmentation_match_the_augmented_seg() -> None:
+    plans = make_plans()
+    plans["training"]["augmentation"] = {"p_rotation": 1.0, "p_scale": 1.0, "p_elastic": 0.5, "p_mirror": 0.5}
+    transform = training_transforms(plans)
+    image, labels = lps_volume((14, 18, 20))
+    padded, padded_seg = pad_to_input(image[None], labels, plans["input_size"])
+    assert padded.shape == (1, 16, 20, 24) and padded[0, 15, 19, 23] == image.min()
+    for seed in range(4):
+        np.random.seed(seed)
+        batch = {"data": np.stack([padded, padded]), "seg": np.stack([padded_seg[None]] * 2),
+                 "lr_axis": np.asarray([2, 2])}
+        out = transform(**batch)
+        assert out["data"].shape == (2, 1, 16, 20, 24) and out["seg"].shape == (2, 16, 20, 24)
+        for sample in range(2):
+            expected_boxes, expected_values = boxes_from_label_map(out["seg"][sample])
+            np.testing.assert_array_equal(out["target_labels"][sample], expected_values)
+            corners = denormalise_centre(out["target_boxes"][sample], plans["input_size"])
+            np.testing.assert_allclose(corners, expected_boxes, atol=1e-4)
+            assert out["target_boxes"][sample].dtype == np.float32
+
+
+def test_targets_handle_absent_and_one_voxel_organs() -> None:
+    seg = np.zeros((1, 1, 8, 8, 8), dtype=np.float32)
+    seg[0, 0, 3, 4, 5] = 2
+    out = DetectionTargetsTransform((8, 8, 8), num_classes=3)(data=np.zeros((1, 1, 8, 8, 8), np.float32), seg=seg)
+    assert out["target_labels"][0].tolist() == [2]
+    np.testing.assert_allclose(denormalise_centre(out["target_boxes"][0], (8, 8, 8)), [[3, 4, 5, 4, 5, 6]])
+    empty = DetectionTargetsTransform((8, 8, 8), 3)(data=np.zeros((1, 1, 8, 8, 8), np.float32),
+                                                    seg=np.zeros((1, 1, 8, 8, 8), np.float32))
+    assert empty["target_boxes"][0].shape == (0, 6) and empty["target_labels"][0].shape == (0,)
+
+
+def test_batches_depend_only_on_seed_epoch_iteration(tmp_path) -> None:
+    """The same (seed, epoch, iteration) gives the same augmented batch, with any number of workers."""
+    from autodetr.atomic_io import write_json, write_npz
+    from autodetr.training.dataset import DetectionDataLoader, case_files
+
+    plans = make_plans()
+    plans["training"]["augmentation"] = {key: 1.0 for key in ("p_rotation", "p_scale", "p_elastic", "p_mirror", "p_gamma",
+                                                              "p_noise", "p_brightness", "p_contrast")}
+    image, labels = lps_volume((14, 18, 20))
+    for case in ("a", "b", "c"):
+        write_npz(tmp_path / f"{case}.npz", image=image[None], seg=labels, boxes=np.zeros((0, 6), np.float32),
+                  classes=np.zeros(0, np.int64))
+        write_json(tmp_path / f"{case}.json", {"restore": {"geometry": {"direction": list(IDENTITY)}}})
+    files = case_files(tmp_path, ["a", "b", "c"])
+    transform = training_transforms(plans)
+
+    def batches(start, workers, thread):
+        loader = DetectionDataLoader(files, 2, plans["input_size"], {}, seed=1, epoch=4, start=start, stop=6,
+                                     num_workers=workers)
+        loader.set_thread_id(thread)
+        out = []
+        while True:
+            try:
+                out.append(transform(**next(loader)))
+            except StopIteration:
+                return out
+
+    single = batches(0, 1, 0)
+    assert [b["iteration"] for b in single] == list(range(6))
+    resumed = batches(3, 1, 0)
+    for a, b in zip(single[3:], resumed):
+        np.testing.assert_array_equal(a["data"], b["data"])
+    second_worker = batches(0, 2, 1)
+    assert [b["iteration"] for b in second_worker] == [1, 3, 5]
+    for b in second_worker:
+        np.testing.assert_array_equal(single[b["iteration"]]["data"], b["data"])
+        np.testing.assert_array_equal(single[b["iteration"]]["seg"], b["seg"])

@@ -1,0 +1,30 @@
+"""`autodetr_demo --minutes 1` on the small phantom: exit 0, pictures, index.html and metrics."""
+from __future__ import annotations
+
+import json
+
+import matplotlib.image
+import pytest
+
+from autodetr.demo.entrypoints import main
+
+
+def test_demo_small_one_minute(tmp_path, monkeypatch):
+    for kind in ("raw", "preprocessed", "results"):
+        monkeypatch.delenv(f"AUTODETR_{kind}", raising=False)
+    out = tmp_path / "demo"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(out), "--minutes", "1", "--size", "small", "--num-cases", "6", "--num-test-cases", "2"])
+    assert exit_info.value.code == 0
+    pictures = sorted((out / "pictures").glob("*.png"))
+    assert len(pictures) == 2
+    for picture in pictures:
+        pixels = matplotlib.image.imread(picture)
+        assert pixels.shape[0] == 560 and pixels.shape[1] == 1500 and pixels.std() > 0.05
+    curve = matplotlib.image.imread(out / "training_curve.png")
+    assert curve.ndim == 3 and curve.shape[0] > 200
+    page = (out / "index.html").read_text()
+    assert "<table>" in page and all(p.name in page for p in pictures) and "training_curve.png" in page
+    metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
+    assert 0.0 <= metrics["mAP"] <= 1.0 and 0.0 <= metrics["mAR"] <= 1.0
+    assert len(list((out / "predictions").glob("*.json"))) == 2
