@@ -1,0 +1,89 @@
+"""Command line of `autodetr_predict`."""
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+
+from autodetr.errors import cli_main
+from autodetr.inference.ensemble import DEFAULT_IOU_THRESHOLD
+from autodetr.inference.predict_api import CHECKPOINT_NAMES, DEFAULT_MODEL
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autodetr_predict",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Detect organs in CT images with a trained autodetr model: every case is preprocessed exactly as in "
+            "training, predicted by each chosen fold, the folds' boxes are fused (weighted box clustering) and "
+            "written per case as <case>.json (boxes in original voxel indices and in world mm), plus boxes.csv "
+            "over all cases.", 100),
+        epilog="examples:\n"
+        "  autodetr_predict -i imagesTs -o predictions -d 500\n"
+        "  autodetr_predict -i scan.nii.gz -o out -m $AUTODETR_results/Dataset500_Phantom/" + DEFAULT_MODEL + " -f 0\n"
+        "  autodetr_predict -i dicom_folder -o out --save-masks --tta\n"
+        + textwrap.fill("A case that fails is named on stderr with the reason; the others are still written, and the "
+                        "exit code is 1 (2 for a problem with the whole command, e.g. no trained model). A rerun skips "
+                        "cases whose <case>.json exists (use --overwrite to redo them).", 100),
+    )
+    parser.add_argument("-i", "--input", required=True,
+                        help="a folder of images (.nii.gz, .nii, .nrrd, .mha, .mhd, .nhdr; the nnU-Net channel suffix "
+                        "_0000 is optional, case_0000.nii.gz -> case 'case'), a single image file, or a folder with "
+                        "DICOM series (searched recursively, one case per series, named by its series description)")
+    parser.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
+    parser.add_argument("-d", "--dataset", default=None,
+                        help="dataset id or name whose trained model to use (e.g. 500 or Dataset500_Phantom); "
+                        "may be left out when $AUTODETR_results holds only one dataset")
+    parser.add_argument("-m", "--model", default=None,
+                        help=f"trained model: a folder name under $AUTODETR_results/DatasetXXX_Name/ "
+                        f"(default {DEFAULT_MODEL}), or a path to a model folder holding fold_k/ folders")
+    parser.add_argument("-f", "--folds", nargs="+", default=None,
+                        help="folds to ensemble, e.g. '-f 0 1 2' or '-f all' (the model trained on all cases); "
+                        "default: every trained fold_k folder (fold_all when there are none)")
+    parser.add_argument("--checkpoint", choices=sorted(CHECKPOINT_NAMES), default=None,
+                        help="checkpoint of each fold: best (best validation), final (end of training) or last "
+                        "(latest saved); default: best, else final, else last, per fold")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: also predict the copy mirrored along the patient's left-right "
+                        "axis (the only mirror training uses), with left/right organ classes (plans lateral_pairs) "
+                        "swapped back, and fuse it with the folds (2x the time); nothing to add when the model was "
+                        "trained without mirroring")
+    parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, mps")
+    parser.add_argument("-np", "--num-processes", type=int, default=2,
+                        help="worker processes that read and preprocess cases ahead of the prediction (default 2; "
+                        "1 = everything in this process)")
+    parser.add_argument("--save-masks", action="store_true",
+                        help="also write <case>_boxes.nii.gz: every box filled with its label value on the original "
+                        "image grid (same size, spacing, origin, direction), for ITK-SNAP / 3D Slicer")
+    parser.add_argument("--score-threshold", type=float, default=0.0,
+                        help="write only detections with at least this fused score (default 0: the best detection "
+                        "of every class, with its score)")
+    parser.add_argument("--iou-threshold", type=float, default=DEFAULT_IOU_THRESHOLD,
+                        help=f"boxes of different folds with at least this IoU are fused into one (default {DEFAULT_IOU_THRESHOLD})")
+    parser.add_argument("--max-per-class", type=int, default=1,
+                        help="detections kept per class (default 1: organs occur once per scan)")
+    parser.add_argument("--overwrite", action="store_true", help="predict again the cases whose <case>.json exists")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    from autodetr.inference.predict_api import predict
+
+    args = build_parser().parse_args(argv)
+    if args.num_processes < 1:
+        args.num_processes = 1
+    summary = predict(
+        args.input, args.output, dataset=args.dataset, model=args.model, folds=args.folds, checkpoint=args.checkpoint,
+        device=args.device, tta=args.tta, num_processes=args.num_processes, save_masks=args.save_masks,
+        score_threshold=args.score_threshold, overwrite=args.overwrite, iou_threshold=args.iou_threshold,
+        max_per_class=args.max_per_class, progress=not args.no_progress,
+    )
+    print(f"model {summary.model_folder} ({', '.join(summary.folds)}): {len(summary.written)} case(s) written, "
+          f"{len(summary.skipped)} skipped (already done), {len(summary.failed)} failed; table {summary.csv}")
+    if summary.failed:
+        print(f"{len(summary.failed)} case(s) failed: {', '.join(summary.failed)}", file=sys.stderr)
+        return 1
+    return 0

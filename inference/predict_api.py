@@ -1,0 +1,518 @@
+"""`autodetr_predict` as a Python API: find the trained model, read and preprocess every case exactly as
+in training, predict with each chosen fold (and mirrored copies with `tta`), fuse, map back, write.
+
+Pipeline per case:
+
+1. read (`inputs.read_input_case`: image files or a DICOM series) and preprocess with the model's
+   plans (`autodetr.preprocessing.preprocess_case.preprocess_image`: transpose, crop to the body,
+   normalise, resample; a body larger than the planned input is scaled down, never cut);
+2. pad at the high end of each axis to `plans["input_size"]` with the normalised background (as in
+   training), and run every fold model (and every mirrored copy);
+3. each member's detections (`autodetr.detector.detect`: normalised centre boxes relative to the input
+   size) -> preprocessed voxel corner boxes (`autodetr.boxes.denormalise_centre`), clipped to the
+   preprocessed case; mirrored copies are mirrored back (and lateral classes swapped back);
+4. fuse all members per class by weighted box clustering (`autodetr.inference.ensemble`);
+5. map the fused boxes to original voxels (`RestoreInfo.preprocessed_to_original`), clip to the image,
+   and write `<case>.json` with world corners (and `<case>_boxes.nii.gz` with `save_masks`).
+
+Memory strategy: all chosen folds' models are loaded once and kept in memory, cases are the outer loop.
+Every case is then read and preprocessed once (the expensive part on CPU), written as soon as it is
+done (so an interrupted run resumes per case), and the models are small next to the activations (the
+CPU preset's network has about 1 M parameters; even the GPU preset's five folds hold well under 1 GB of
+weights). Reading and preprocessing run ahead in `num_processes` worker processes while the main
+process predicts.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from autodetr.boxes import clip_boxes, denormalise_centre
+from autodetr.errors import InputError
+from autodetr.inference.ensemble import DEFAULT_IOU_THRESHOLD, fuse_detections
+from autodetr.inference.inputs import InputCase, discover_cases, read_input_case
+from autodetr.inference.outputs import (
+    mask_path,
+    prediction_path,
+    write_boxes_csv,
+    write_box_mask,
+    write_case_prediction,
+    write_mask_from_prediction,
+)
+from autodetr.preprocessing.raw_dataset import Geometry
+
+DEFAULT_TRAINER = "autodetrTrainer_dqm"
+DEFAULT_PLANS = "autodetrPlans"
+DEFAULT_MODEL = f"{DEFAULT_TRAINER}__{DEFAULT_PLANS}"
+CHECKPOINT_NAMES = {"best": "checkpoint_best.pt", "final": "checkpoint_final.pt", "last": "checkpoint_last.pt"}
+#: Plans keys that must agree between the folds of one ensemble (they fix preprocessing and outputs).
+SHARED_PLANS_KEYS = ("classes", "input_size", "spacing", "transpose_forward", "normalization",
+                     "foreground_intensity_properties_per_channel", "resampling", "channel_names")
+
+
+# ----------------------------------------------------------------------------------------------------
+# finding the model
+# ----------------------------------------------------------------------------------------------------
+
+def _fold_folders(model_folder: Path) -> dict[str, Path]:
+    """`{"0": fold_0, ..., "all": fold_all}` of the folders that hold a plans.json."""
+    found = {}
+    for path in sorted(model_folder.glob("fold_*")):
+        name = path.name[len("fold_"):]
+        if path.is_dir() and (name.isdigit() or name == "all") and (path / "plans.json").is_file():
+            found[name] = path
+    return found
+
+
+def resolve_model_folder(dataset: str | int | None = None, model: str | None = None) -> Path:
+    """The `<trainer>__<plans>` folder to predict with.
+
+    `model`: a folder (path) holding `fold_k/` sub-folders (a fold folder itself is accepted too), or a
+    trainer folder name under `$AUTODETR_results/DatasetXXX_Name/` (default `autodetrTrainer_dqm__autodetrPlans`).
+    `dataset`: id or name; may be left out when only one dataset has results."""
+    if model is not None and (os.sep in model or Path(model).is_dir()):
+        folder = Path(model)
+        if not folder.is_dir():
+            raise InputError(f"{folder}: model folder does not exist")
+        return folder
+    from autodetr import paths
+
+    results = paths.results_root()
+    if dataset is None:
+        candidates = sorted(p.name for p in results.iterdir() if p.is_dir() and paths._DATASET_PATTERN.match(p.name)) \
+            if results.is_dir() else []
+        if not candidates:
+            raise InputError(f"{results}: no trained datasets (DatasetXXX_Name folders); train one first or give -m PATH")
+        if len(candidates) > 1:
+            raise InputError(f"{results} holds results of several datasets ({', '.join(candidates)}); choose one with -d")
+        dataset_name = candidates[0]
+    else:
+        roots = [results] + [Path(os.environ[v]) for k, v in paths.ROOT_VARIABLES.items() if k != "results" and os.environ.get(v)]
+        dataset_name = paths.dataset_name_from_id(dataset, roots)
+    base = results / dataset_name
+    name = model or DEFAULT_MODEL
+    folder = base / name
+    if not folder.is_dir():
+        available = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        hint = f"available: {', '.join(available)}" if available else "no trained models there"
+        raise InputError(f"{folder}: no such trained model ({hint}); choose one with -m")
+    return folder
+
+
+def select_folds(model_folder: Path, folds: Sequence[str | int] | None) -> list[Path]:
+    """Fold folders to ensemble: the given ones (`0 1 2`, or `all` for fold_all), by default every
+    numbered `fold_k` (or `fold_all` when there is no numbered fold). A folder that is itself a fold
+    folder (holds plans.json and a checkpoint) is used alone."""
+    model_folder = Path(model_folder)
+    if (model_folder / "plans.json").is_file() and any((model_folder / n).is_file() for n in CHECKPOINT_NAMES.values()):
+        if folds:
+            raise InputError(f"{model_folder} is a single fold folder; give its parent folder to choose folds")
+        return [model_folder]
+    available = _fold_folders(model_folder)
+    if not available:
+        raise InputError(f"{model_folder}: no trained folds (fold_k/ folders with plans.json)")
+    if not folds:
+        numbered = [available[k] for k in sorted((k for k in available if k.isdigit()), key=int)]
+        return numbered or [available["all"]]
+    chosen = []
+    for fold in folds:
+        key = str(fold).strip()
+        key = key[len("fold_"):] if key.startswith("fold_") else key
+        if key not in available:
+            raise InputError(f"{model_folder / ('fold_' + key)}: fold not trained (available: {', '.join(sorted(available))})")
+        if available[key] not in chosen:
+            chosen.append(available[key])
+    return chosen
+
+
+# ----------------------------------------------------------------------------------------------------
+# the ensemble of fold models
+# ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class Member:
+    fold: str
+    model: Any
+    objective: str
+    checkpoint: str
+
+
+@dataclass
+class Variant:
+    """One test-time copy: `axes` mirrored (preprocessed axes), `swap` lateral classes back."""
+
+    axes: tuple[int, ...] = ()
+    swap: bool = False
+
+
+def lateral_axis(geometry: Geometry, transpose_forward: Sequence[int]) -> int:
+    """The preprocessed axis that runs closest to the patient's left-right (world x) direction (the
+    training data loader's own rule, `autodetr.training.dataset.left_right_axis`)."""
+    from autodetr.training.dataset import left_right_axis
+
+    return left_right_axis(transpose_forward, geometry.direction)
+
+
+def training_mirrored_left_right(plans: dict) -> bool:
+    """Whether the trainer's augmentation mirrored the left-right axis (`p_mirror` > 0 in the fold's
+    `plans["training"]["augmentation"]`; trainers that do not record it are assumed to have)."""
+    options = (plans.get("training") or {}).get("augmentation")
+    if not isinstance(options, dict):
+        return True
+    return bool(options.get("enabled", True)) and float(options.get("p_mirror", 0.0)) > 0
+
+
+def tta_variants(plans: dict, geometry: Geometry) -> list[Variant]:
+    """The identity plus, when training mirrored left-right, the copy mirrored along the case's
+    left-right axis, whose predictions get the plan's `lateral_pairs` swapped back.
+
+    Only the mirror training used is a sensible test-time copy: the trainer flips the left-right axis
+    (with kidney_left <-> kidney_right swapped) and never the head-foot or front-back axes, because an
+    organ's position is one of its strongest cues; a model never shown an upside-down body would only
+    add noise to the ensemble. Without lateral pairs nothing needs swapping back."""
+    variants = [Variant()]
+    if training_mirrored_left_right(plans):
+        variants.append(Variant((lateral_axis(geometry, plans["transpose_forward"]),), True))
+    return variants
+
+
+def swap_lateral_labels(labels: np.ndarray, pairs: Sequence[Sequence[int]]) -> np.ndarray:
+    """Class indices with each lateral pair (a, b) exchanged."""
+    labels = np.asarray(labels, dtype=np.int64)
+    swapped = labels.copy()
+    for a, b in pairs:
+        swapped[labels == a] = b
+        swapped[labels == b] = a
+    return swapped
+
+
+def mirror_boxes(boxes: np.ndarray, axes: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """Corner boxes mirrored along `axes` of a grid of `shape` (edge 0 <-> edge shape)."""
+    boxes = np.array(boxes, dtype=np.float64, copy=True).reshape(-1, 6)
+    for axis in axes:
+        low, high = boxes[:, axis].copy(), boxes[:, axis + 3].copy()
+        boxes[:, axis], boxes[:, axis + 3] = shape[axis] - high, shape[axis] - low
+    return boxes
+
+
+def pad_to_input(image: np.ndarray, input_size: Sequence[int]) -> np.ndarray:
+    """`[C, d, h, w]` padded at the high end of each axis to `input_size` with the normalised background,
+    exactly as the training data loader pads (`autodetr.training.dataset.pad_to_input`: the image minimum)."""
+    from autodetr.training.dataset import pad_to_input as training_pad
+
+    padded, _ = training_pad(np.ascontiguousarray(image, dtype=np.float32), None, input_size)
+    return padded
+
+
+class EnsemblePredictor:
+    """The fold models of one trained model, loaded once, predicting preprocessed cases."""
+
+    def __init__(
+        self,
+        fold_folders: Sequence[Path],
+        checkpoint: str | None = None,
+        device: str = "cpu",
+        tta: bool = False,
+        iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+        max_per_class: int = 1,
+    ) -> None:
+        import torch
+
+        from autodetr.detector import load_trained_detector
+
+        self.device = torch.device(device)
+        self.tta = tta
+        self.iou_threshold = iou_threshold
+        self.max_per_class = max_per_class
+        self.members: list[Member] = []
+        self.plans: dict | None = None
+        self.arguments: dict = {}
+        file_name = CHECKPOINT_NAMES[checkpoint] if checkpoint else None
+        for folder in fold_folders:
+            if file_name is not None and not (Path(folder) / file_name).is_file():
+                raise InputError(f"{Path(folder) / file_name}: missing (training unfinished?); choose another with --checkpoint")
+            model, plans, arguments = load_trained_detector(folder, self.device, checkpoint=file_name)
+            if self.plans is None:
+                self.plans, self.arguments = plans, arguments
+            else:
+                different = [k for k in SHARED_PLANS_KEYS if plans.get(k) != self.plans.get(k)]
+                if different:
+                    raise InputError(f"{folder}: plans differ from {fold_folders[0]} in {', '.join(different)}; "
+                                     "folds of one ensemble must share their plans")
+            fold = Path(folder).name.removeprefix("fold_")
+            self.members.append(Member(fold, model, str(arguments.get("objective", "dqm")), str(arguments.get("checkpoint", ""))))
+        if self.plans is None:
+            raise InputError("no folds to predict with")
+        self.input_size = [int(s) for s in self.plans["input_size"]]
+        self.class_names = {int(c["label_value"]): str(c["name"]) for c in self.plans["classes"]}
+        self.label_values = {int(c["index"]): int(c["label_value"]) for c in self.plans["classes"]}
+        self.num_channels = int(self.plans.get("network", {}).get("in_channels", len(self.plans.get("channel_names", {"0": 0}))))
+
+    def _forward(self, member: Member, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import torch
+
+        from autodetr.detector import detect
+
+        tensor = torch.from_numpy(np.ascontiguousarray(image)[None]).to(self.device)
+        with torch.inference_mode():
+            outputs = member.model(tensor)
+            result = detect(outputs, member.objective, max_per_class=self.max_per_class)[0]
+        return result["boxes"].numpy(), result["scores"].numpy(), result["labels"].numpy()
+
+    def predict_preprocessed(self, image: np.ndarray, geometry: Geometry) -> dict[str, Any]:
+        """Fused detections of a preprocessed case `[C, d, h, w]`: `boxes` in preprocessed voxels,
+        `scores`, `labels` (class indices), `support`, `members` (how many predictions were fused)."""
+        shape = image.shape[1:]
+        variants = tta_variants(self.plans, geometry) if self.tta else [Variant()]
+        pairs = self.plans.get("lateral_pairs") or []
+        all_boxes, all_scores, all_labels = [], [], []
+        for variant in variants:
+            flipped = np.flip(image, axis=[a + 1 for a in variant.axes]) if variant.axes else image
+            padded = pad_to_input(flipped, self.input_size)
+            for member in self.members:
+                boxes, scores, labels = self._forward(member, padded)
+                boxes = clip_boxes(denormalise_centre(boxes, self.input_size), shape)
+                if variant.axes:
+                    boxes = mirror_boxes(boxes, variant.axes, shape)
+                if variant.swap and pairs:
+                    labels = swap_lateral_labels(labels, pairs)
+                all_boxes.append(boxes)
+                all_scores.append(scores)
+                all_labels.append(labels)
+        fused = fuse_detections(all_boxes, all_scores, all_labels, self.iou_threshold, self.max_per_class)
+        return {"boxes": fused.boxes, "scores": fused.scores, "labels": fused.labels, "support": fused.support,
+                "members": len(all_boxes)}
+
+    def predict_image(self, image: np.ndarray, geometry: Geometry) -> dict[str, Any]:
+        """Preprocess an original image `[C, z, y, x]` and predict: `boxes` in original voxels, `scores`,
+        `label_values`, plus the preprocessed-space result under `preprocessed`."""
+        from autodetr.preprocessing.preprocess_case import preprocess_image
+
+        return self.predict_case(preprocess_image(image, geometry, self.plans))
+
+    def predict_case(self, case) -> dict[str, Any]:
+        """Predict a `PreprocessedCase` and map the result back to its original image."""
+        restore = case.restore
+        result = self.predict_preprocessed(case.image, restore.geometry)
+        original = clip_boxes(restore.preprocessed_to_original(result["boxes"]), restore.geometry.shape_zyx) \
+            if len(result["boxes"]) else np.zeros((0, 6))
+        label_values = np.asarray([self.label_values[int(c)] for c in result["labels"]], dtype=np.int64)
+        return {"boxes": original, "scores": result["scores"], "label_values": label_values,
+                "support": result["support"], "members": result["members"], "preprocessed": result}
+
+
+# ----------------------------------------------------------------------------------------------------
+# cases in, files out
+# ----------------------------------------------------------------------------------------------------
+
+def _load_and_preprocess(case: InputCase, plans: dict):
+    """Worker: read and preprocess one case; returns the PreprocessedCase or an error line."""
+    from autodetr.preprocessing.preprocess_case import preprocess_image
+
+    try:
+        image, geometry = read_input_case(case)
+        if image.shape[0] != int(plans.get("network", {}).get("in_channels", image.shape[0])):
+            raise InputError(f"{case.source}: {image.shape[0]} channel(s), the model takes {plans['network']['in_channels']}")
+        return preprocess_image(image, geometry, plans)
+    except InputError as error:
+        return str(error)
+    except Exception as error:  # noqa: BLE001 - a broken case must not stop the others
+        if os.environ.get("AUTODETR_DEBUG"):
+            traceback.print_exc()
+        return f"{type(error).__name__}: {error}"
+
+
+class CasePrefetcher:
+    """Reads and preprocesses cases in `num_processes` worker processes, up to `num_processes + 1` cases
+    ahead of the consumer; iterating yields `(case, PreprocessedCase or error string)` in input order.
+
+    The first cases are submitted on construction, so reading overlaps with loading the models. Workers
+    are spawned (not forked): the main process holds torch threads and maybe a CUDA context. With one
+    process (or one case) everything runs in this process, lazily."""
+
+    def __init__(self, cases: Sequence[InputCase], plans: dict, num_processes: int) -> None:
+        import multiprocessing
+
+        self.queue = list(cases)
+        self.plans = plans
+        self.ahead = num_processes + 1
+        self.pool = None
+        self.pending: list[tuple[InputCase, Future]] = []
+        if num_processes > 1 and len(self.queue) > 1:
+            self.pool = ProcessPoolExecutor(min(num_processes, len(self.queue)), mp_context=multiprocessing.get_context("spawn"))
+            self._submit()
+
+    def _submit(self) -> None:
+        while self.queue and len(self.pending) < self.ahead:
+            case = self.queue.pop(0)
+            self.pending.append((case, self.pool.submit(_load_and_preprocess, case, self.plans)))
+
+    def __iter__(self) -> Iterator[tuple[InputCase, Any]]:
+        if self.pool is None:
+            while self.queue:
+                case = self.queue.pop(0)
+                yield case, _load_and_preprocess(case, self.plans)
+            return
+        try:
+            while self.pending:
+                case, future = self.pending.pop(0)
+                try:
+                    result = future.result()
+                except Exception as error:  # noqa: BLE001 - e.g. a worker killed for memory
+                    result = f"{type(error).__name__}: {error}"
+                self._submit()
+                yield case, result
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            for _, future in self.pending:
+                future.cancel()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+
+@dataclass
+class PredictSummary:
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    csv: Path | None = None
+    model_folder: Path | None = None
+    folds: list[str] = field(default_factory=list)
+
+
+def _is_done(output_folder: Path, case_id: str) -> bool:
+    path = prediction_path(output_folder, case_id)
+    if not path.is_file():
+        return False
+    try:
+        from autodetr.evaluation.api import load_prediction
+
+        load_prediction(path)
+        return True
+    except InputError:
+        return False
+
+
+def predict(
+    input_path: str | os.PathLike,
+    output_folder: str | os.PathLike,
+    dataset: str | int | None = None,
+    model: str | None = None,
+    folds: Sequence[str | int] | None = None,
+    checkpoint: str | None = None,
+    device: str = "auto",
+    tta: bool = False,
+    num_processes: int = 2,
+    save_masks: bool = False,
+    score_threshold: float = 0.0,
+    overwrite: bool = False,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+    max_per_class: int = 1,
+    progress: bool = True,
+) -> PredictSummary:
+    """Predict every case of `input_path` into `output_folder` (see the module docstring).
+
+    A case that cannot be read or predicted is reported on stderr (one line: case and reason) and
+    listed in the summary's `failed`; the others are still written. Finished cases (`<case>.json`
+    exists) are skipped unless `overwrite`. `boxes.csv` is rebuilt from all case files at the end."""
+    from tqdm import tqdm
+
+    if checkpoint is not None and checkpoint not in CHECKPOINT_NAMES:
+        raise InputError(f"--checkpoint must be one of {', '.join(CHECKPOINT_NAMES)}, got '{checkpoint}'")
+    if not 0.0 <= score_threshold <= 1.0:
+        raise InputError(f"--score-threshold must be in [0, 1], got {score_threshold}")
+    if not 0.0 < iou_threshold <= 1.0:
+        raise InputError(f"--iou-threshold must be in (0, 1], got {iou_threshold}")
+    if max_per_class < 1:
+        raise InputError(f"--max-per-class must be at least 1, got {max_per_class}")
+    output = Path(output_folder)
+    if output.exists() and not output.is_dir():
+        raise InputError(f"{output}: output exists and is not a folder")
+    model_folder = resolve_model_folder(dataset, model)
+    fold_folders = select_folds(model_folder, folds)
+    from autodetr.atomic_io import read_json
+
+    plans = read_json(fold_folders[0] / "plans.json")
+    num_channels = int(plans.get("network", {}).get("in_channels", 1))
+    cases = discover_cases(input_path, num_channels, exclude=output)
+    output.mkdir(parents=True, exist_ok=True)
+    summary = PredictSummary(model_folder=model_folder, folds=[f.name for f in fold_folders])
+
+    todo = []
+    for case in cases:
+        if not overwrite and _is_done(output, case.case_id):
+            summary.skipped.append(case.case_id)
+            if save_masks and not mask_path(output, case.case_id).is_file():
+                write_mask_from_prediction(prediction_path(output, case.case_id), mask_path(output, case.case_id))
+        else:
+            todo.append(case)
+    if todo:
+        device = resolve_device(device)
+        prefetcher = CasePrefetcher(todo, plans, num_processes)  # starts reading while the models load
+        try:
+            predictor = EnsemblePredictor(fold_folders, checkpoint, device, tta, iou_threshold, max_per_class)
+        except BaseException:
+            prefetcher.close()
+            raise
+        bar = tqdm(total=len(todo), desc="Predicting", unit="case", disable=not progress, file=sys.stderr)
+        for case, prepared in prefetcher:
+            try:
+                if isinstance(prepared, str):
+                    raise InputError(prepared)
+                result = predictor.predict_case(prepared)
+                keep = result["scores"] >= score_threshold
+                geometry = prepared.restore.geometry
+                extra = {
+                    "source": case.source,
+                    "model": str(model_folder),
+                    "folds": [m.fold for m in predictor.members],
+                    "checkpoints": [Path(m.checkpoint).name for m in predictor.members],
+                    "tta": tta,
+                    "ensemble": {"method": "weighted box clustering", "iou_threshold": iou_threshold,
+                                 "members": result["members"], "support": result["support"][keep].tolist()},
+                    "score_threshold": score_threshold,
+                }
+                write_case_prediction(prediction_path(output, case.case_id), case.case_id, result["boxes"][keep],
+                                      result["scores"][keep], result["label_values"][keep], predictor.class_names,
+                                      geometry, extra)
+                if save_masks:
+                    write_box_mask(mask_path(output, case.case_id), result["boxes"][keep], result["label_values"][keep], geometry)
+                summary.written.append(case.case_id)
+            except Exception as error:  # noqa: BLE001 - report and go on with the other cases
+                if os.environ.get("AUTODETR_DEBUG") and not isinstance(error, InputError):
+                    traceback.print_exc()
+                reason = str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
+                reason = " ".join(reason.split())
+                summary.failed[case.case_id] = reason
+                tqdm.write(f"failed: {case.case_id}: {reason}", file=sys.stderr)
+            bar.update()
+        bar.close()
+    summary.csv = write_boxes_csv(output)
+    return summary
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> `cuda` when available, else `cpu`; other values are checked."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available (torch {torch.__version__})")
+    if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise InputError("--device mps: MPS is not available")
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device {device}: not a torch device (use auto, cpu, cuda, cuda:1, mps)") from None
+    return device
