@@ -83,8 +83,8 @@ def clip_boxes(boxes: np.ndarray, grid_shape: tuple[int, int, int] | np.ndarray)
     return boxes
 
 
-def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of corner boxes, [A, 6] x [B, 6] -> [A, B] (2D boxes (y1, x1, y2, x2) work too)."""
+def _pairwise_intersection_union(boxes_a: np.ndarray, boxes_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Intersection and union volumes of every pair, plus the float64 inputs and the dimension."""
     boxes_a = np.asarray(boxes_a, dtype=np.float64)
     boxes_b = np.asarray(boxes_b, dtype=np.float64)
     dims = boxes_a.shape[-1] // 2
@@ -94,6 +94,12 @@ def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     volume_a = np.prod(np.clip(boxes_a[:, dims:] - boxes_a[:, :dims], 0, None), axis=-1)
     volume_b = np.prod(np.clip(boxes_b[:, dims:] - boxes_b[:, :dims], 0, None), axis=-1)
     union = volume_a[:, None] + volume_b[None, :] - intersection
+    return intersection, union, boxes_a, boxes_b, dims
+
+
+def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of corner boxes, [A, 6] x [B, 6] -> [A, B] (2D boxes (y1, x1, y2, x2) work too)."""
+    intersection, union, _, _, _ = _pairwise_intersection_union(boxes_a, boxes_b)
     return np.where(union > 0, intersection / np.where(union > 0, union, 1.0), 0.0)
 
 
@@ -103,15 +109,7 @@ def generalized_box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     GIoU = IoU - (|E| - |U|) / |E| with E the smallest box enclosing both; in [-1, 1]. Works for 2D
     boxes `(y1, x1, y2, x2)` too. A pair whose enclosing box has zero volume gets its IoU (0).
     """
-    boxes_a = np.asarray(boxes_a, dtype=np.float64)
-    boxes_b = np.asarray(boxes_b, dtype=np.float64)
-    dims = boxes_a.shape[-1] // 2
-    low = np.maximum(boxes_a[:, None, :dims], boxes_b[None, :, :dims])
-    high = np.minimum(boxes_a[:, None, dims:], boxes_b[None, :, dims:])
-    intersection = np.prod(np.clip(high - low, 0, None), axis=-1)
-    volume_a = np.prod(np.clip(boxes_a[:, dims:] - boxes_a[:, :dims], 0, None), axis=-1)
-    volume_b = np.prod(np.clip(boxes_b[:, dims:] - boxes_b[:, :dims], 0, None), axis=-1)
-    union = volume_a[:, None] + volume_b[None, :] - intersection
+    intersection, union, boxes_a, boxes_b, dims = _pairwise_intersection_union(boxes_a, boxes_b)
     iou = np.where(union > 0, intersection / np.where(union > 0, union, 1.0), 0.0)
     enclosing_low = np.minimum(boxes_a[:, None, :dims], boxes_b[None, :, :dims])
     enclosing_high = np.maximum(boxes_a[:, None, dims:], boxes_b[None, :, dims:])
