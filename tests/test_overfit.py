@@ -1,4 +1,4 @@
-"""Overfit one tiny phantom case: the loss falls and most organs are found with IoU > 0.5 (Organ-DETR, DQM)."""
+"""Overfit one tiny phantom case: the loss falls and most organs are found with IoU > 0.5 (Organ-DETR with DQM)."""
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +20,8 @@ TINY_NETWORK = {
 }
 
 
-@pytest.mark.parametrize("objective", ["dqm"])
-def test_overfit_one_phantom_case(roots, objective):
+@pytest.mark.parametrize("objective, steps", [("dqm", 300)])
+def test_overfit_one_phantom_case(roots, objective, steps):
     torch.manual_seed(0)
     make_phantom_dataset(roots["raw"], dataset_id=500, num_cases=1, num_test_cases=0, size="small", seed=1, num_processes=1)
     folder = plan_and_preprocess(500, preset="cpu", num_processes=1, rho=3, overrides=TINY_NETWORK)
@@ -37,14 +37,14 @@ def test_overfit_one_phantom_case(roots, objective):
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     losses = []
     model.train()
-    for _ in range(300):
+    for _ in range(steps):
         loss, _ = criterion(model(images), targets, seg_target)
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
         losses.append(float(loss.detach()))
-    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.5 * abs(np.mean(losses[:10]))
 
     model.eval()
     with torch.no_grad():
