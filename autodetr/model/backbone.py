@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import BasicResidualBlock, ConvNormAct, as_triple
+from .blocks import StagedEncoder, BasicResidualBlock, ConvNormAct, as_triple
 from .resnet3d import RESNET_BLOCKS, ResNetEncoder
 
 Triple = tuple[int, int, int]
@@ -49,7 +49,7 @@ def feature_level_shapes(plans: dict[str, Any], input_shape: Sequence[int] | Non
     return [tuple(math.ceil(int(n) / s) for n, s in zip(shape, stride)) for stride in feature_level_strides(plans)]  # type: ignore[misc]
 
 
-class ResidualEncoder(nn.Module):
+class ResidualEncoder(StagedEncoder):
     """Stem conv (stem_stride) + stages of basic residual blocks (first block strided); finest first."""
 
     def __init__(
@@ -75,14 +75,6 @@ class ResidualEncoder(nn.Module):
             self.stages.append(nn.Sequential(*layers))
             channels = int(out_channels)
             self.out_channels.append(channels)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
 
 def upsample_to(x: torch.Tensor, ratio: Sequence[int], shape: Sequence[int]) -> torch.Tensor:

@@ -110,3 +110,18 @@ class BottleneckBlock(nn.Module):
         out = self.act(self.norm2(self.conv2(out)))
         out = self.norm3(self.conv3(out))
         return self.act(out + self.shortcut(x))
+
+
+class StagedEncoder(nn.Module):
+    """Base of the encoders: `self.stem` then `self.stages`; returns every stage's output, finest first."""
+
+    stem: nn.Module
+    stages: nn.ModuleList
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .blocks import BottleneckBlock, ConvNormAct, as_triple
+from .blocks import StagedEncoder, BottleneckBlock, ConvNormAct, as_triple
 
 RESNET_BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
 
@@ -24,7 +24,7 @@ def resnet_blocks_per_stage(depth_name: str, num_stages: int) -> list[int]:
     return [template[min(i, len(template) - 1)] for i in range(num_stages)]
 
 
-class ResNetEncoder(nn.Module):
+class ResNetEncoder(StagedEncoder):
     """Stem + bottleneck stages; returns one feature map per stage (finest first)."""
 
     def __init__(
@@ -51,11 +51,3 @@ class ResNetEncoder(nn.Module):
             layers += [BottleneckBlock(channels, int(width), (1, 1, 1), norm) for _ in range(count - 1)]
             self.stages.append(nn.Sequential(*layers))
             self.out_channels.append(channels)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
