@@ -22,6 +22,7 @@ import copy
 import json
 import math
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
@@ -30,8 +31,27 @@ from nnunetv2.preprocessing.resampling.default_resampling import ANISO_THRESHOLD
 
 from autodetr.errors import InputError
 from autodetr.preprocessing.raw_dataset import OrganClass
+from autodetr.training.augmentation import DEFAULT_AUGMENTATION
 
 PLANS_NAME = "autodetrPlans"
+
+#: `plans["training"]` keys the trainer reads, with the values used when a plan lacks them.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "batch_size": 2,
+    "learning_rate": 2e-4,
+    "backbone_lr_factor": 0.1,
+    "sampling_lr_factor": 0.1,
+    "weight_decay": 1e-4,
+    "warmup_iterations": 100,
+    "grad_clip_norm": 0.1,
+    "epochs": 100,
+    "iterations_per_epoch": 50,
+    "lr_schedule": "cosine",
+    "final_lr_factor": 0.01,
+    "amp": True,
+    "find_unused_parameters": False,
+    "augmentation": copy.deepcopy(DEFAULT_AUGMENTATION),
+}
 
 #: Budgets per preset. Voxel budgets: CPU measured on 2 cores (docs/architecture.md), GPU after the
 #: 160 x 160 x 256 whole-CT inputs of the 3D DETR literature.
@@ -230,13 +250,8 @@ def plan_experiment(
             "drmm_beta": 0.5,
         },
         "training": {
+            **copy.deepcopy(TRAINING_DEFAULTS),
             "batch_size": budget["batch_size"],
-            "learning_rate": 2e-4,
-            "backbone_lr_factor": 0.1,
-            "sampling_lr_factor": 0.1,
-            "weight_decay": 1e-4,
-            "warmup_iterations": 100,
-            "grad_clip_norm": 0.1,
             "epochs": 100 if preset == "cpu" else 500,
             "iterations_per_epoch": 50 if preset == "cpu" else 250,
         },

@@ -16,27 +16,9 @@ from autodetr.atomic_io import read_json, write_json
 from autodetr.detector import OBJECTIVES, check_objective
 from autodetr.errors import InputError
 from autodetr.paths import dataset_name_from_id, preprocessed_root, results_root
-from autodetr.planners.planner import PLANS_NAME, _set_path, parse_override
-from autodetr.training.augmentation import DEFAULT_AUGMENTATION
+from autodetr.planners.planner import PLANS_NAME, TRAINING_DEFAULTS, _set_path, parse_override
 
 TRAINER_NAME = "autodetrTrainer"
-#: `plans["training"]` keys the trainer reads, with the values used when a plan lacks them.
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "batch_size": 2,
-    "learning_rate": 2e-4,
-    "backbone_lr_factor": 0.1,
-    "sampling_lr_factor": 0.1,
-    "weight_decay": 1e-4,
-    "warmup_iterations": 100,
-    "grad_clip_norm": 0.1,
-    "epochs": 100,
-    "iterations_per_epoch": 50,
-    "lr_schedule": "cosine",
-    "final_lr_factor": 0.01,
-    "amp": True,
-    "find_unused_parameters": False,
-    "augmentation": DEFAULT_AUGMENTATION,
-}
 
 
 def parse_fold(fold: str | int) -> int | str:
