@@ -24,7 +24,10 @@ Objectives (`OBJECTIVES`):
   trained by the D-RMM likelihood, and layer k + 1 samples around `mu_k.detach()` -- the iteration
   structure of the D-RMM paper (Fig. 3). (Applying the head to the layers' INPUT reference boxes
   instead would leave the decoder's refinement MLPs without any gradient, so every layer would sample
-  around the layer-0 reference.) gamma, objectness and class come from the D-RMM head.
+  around the layer-0 reference.) gamma, objectness and class come from the D-RMM head. With
+  `plans["network"]["drmm"]["class_groups"]` (the planner writes true; a plan without the key means
+  false, the paper's free class head) query k is dedicated to class k mod C: see
+  `autodetr.model.drmm_head` for why the free class head collapses on organ data.
   Inference: `drmm_select_detections` (score p_kc * o_k, the best query per class; no NMS).
 
 `detect(outputs, objective)` gives the same list-of-dicts for every objective, `to_original_voxels` maps
@@ -62,11 +65,13 @@ class DRMMDecoderHead(nn.Module):
     """Pluggable Organ-DETR head (`head(query_features, reference_boxes, refined_boxes) -> dict`) that
     returns `{"drmm": DRMMHead output}` with mu tied to the decoder's refined boxes (module docstring)."""
 
-    def __init__(self, hidden_dim: int, num_classes: int, num_layers: int) -> None:
+    def __init__(
+        self, hidden_dim: int, num_classes: int, num_layers: int, class_groups: bool = False, scale_floor: float = 0.04
+    ) -> None:
         super().__init__()
         from autodetr.model.drmm_head import DRMMHead
 
-        self.drmm = DRMMHead(hidden_dim, num_classes, num_layers)
+        self.drmm = DRMMHead(hidden_dim, num_classes, num_layers, class_groups=class_groups, scale_floor=scale_floor)
         for layer_head in self.drmm.heads:
             last = layer_head.box_embed.layers[-1]
             with torch.no_grad():
@@ -92,7 +97,18 @@ def build_detector(plans: dict[str, Any], objective: str = "dqm") -> nn.Module:
     check_objective(objective)
     if objective == "drmm":
         network = plans["network"]
-        head = DRMMDecoderHead(int(network["hidden_dim"]), len(plans["classes"]), int(network["decoder"]["layers"]))
+        num_classes = len(plans["classes"])
+        drmm = network.get("drmm", {})  # plans written before these keys existed: the paper's head
+        class_groups = bool(drmm.get("class_groups", False))
+        if class_groups and int(network["num_queries"]) < num_classes:
+            raise InputError(
+                f"D-RMM class groups need at least one query per class: {network['num_queries']} queries for "
+                f"{num_classes} classes; raise matching.rho or set network.drmm.class_groups=false"
+            )
+        head = DRMMDecoderHead(
+            int(network["hidden_dim"]), num_classes, int(network["decoder"]["layers"]), class_groups,
+            float(drmm.get("scale_floor", 0.04)),
+        )
         return build_model(plans, head=head)
     return build_model(plans)
 

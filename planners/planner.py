@@ -209,6 +209,10 @@ def plan_experiment(
     num_queries = int(math.ceil(rho * most_organs))
     eta = int(min(5, max(1, math.ceil(matching_ratio * rho))))
     decisions["num_queries"] = f"N = rho * M = {rho} * {most_organs} (M: most organs in a training case)"
+    decisions["drmm"] = (
+        "D-RMM class groups (query k serves class k mod C) when N >= C: a free class head lets one query "
+        "explain several neighbouring organs (autodetr.model.drmm_head)"
+    )
     decisions["eta"] = f"ceil(lambda * rho) = ceil({matching_ratio} * {rho}), clipped to [1, 5] (Organ-DETR Eq. 5)"
 
     plans = {
@@ -242,12 +246,13 @@ def plan_experiment(
             "msa": copy.deepcopy(budget["msa"]),
             "decoder": copy.deepcopy(budget["decoder"]),
             "num_queries": num_queries,
+            "drmm": {"class_groups": num_queries >= len(classes), "scale_floor": 0.1},
         },
         "matching": {"rho": rho, "lambda": matching_ratio, "eta": eta, "M": most_organs},
         "loss": {
             "cls": 2.0, "bbox": 5.0, "giou": 5.0, "seg": 2.0, "no_object_weight": 0.1,
             "matcher_cost": {"cls": 2.0, "l1": 5.0, "giou": 2.0},
-            "drmm_beta": 0.5,
+            "drmm_beta": 0.5, "drmm_location_beta": 1.0,
         },
         "training": {
             **copy.deepcopy(TRAINING_DEFAULTS),

@@ -9,8 +9,11 @@ import torch
 from torch.nn import functional as F
 
 from autodetr.boxes import box_iou, centre_to_corners
-from autodetr.losses.drmm import DRMMLoss, drmm_gt_terms
+from autodetr.detector import build_criterion, build_detector
+from autodetr.errors import InputError
+from autodetr.losses.drmm import DRMMLoss, balance_location_gradient, drmm_gt_terms
 from autodetr.model.drmm_head import DRMMHead, drmm_select_detections, log_mixing_weights
+from autodetr.model.testing import make_test_plans
 
 
 def _random_layer(generator: torch.Generator, batch: int, queries: int, classes: int, requires_grad: bool = False):
@@ -87,6 +90,9 @@ def test_loss_matches_direct_float64_formula(normalisation):
     assert parts["nll"] == pytest.approx(expected_nll, rel=1e-5, abs=1e-4)
     assert parts["mcm"] == pytest.approx(expected_mcm, rel=1e-5, abs=1e-4)
     assert parts["num_gt"] == 5
+    # The location gradient balance changes the step, never the value.
+    balanced, _ = DRMMLoss(beta=0.5, normalisation=normalisation, location_beta=1.0)(outputs, targets)
+    assert balanced.item() == pytest.approx(expected, rel=1e-5, abs=1e-4)
     # Without aux loss only the final layer counts.
     loss_final, _ = DRMMLoss(beta=0.5, normalisation=normalisation, aux_loss=False)(outputs, targets)
     assert loss_final.item() == pytest.approx(_reference_loss(layers[-1:], targets, 0.5, normalisation)[0], rel=1e-5, abs=1e-4)
@@ -273,3 +279,77 @@ def test_tiny_optimisation_fits_three_boxes():
     assert result["labels"].tolist() == [1, 2, 3]
     ious = box_iou(centre_to_corners(result["boxes"].numpy()), centre_to_corners(gt_boxes.numpy()))
     assert (np.diag(ious) > 0.5).all(), ious
+
+
+def test_location_gradient_scaled_by_scale_value_kept():
+    mu = torch.tensor([[0.2, 0.5], [0.7, 0.4]], requires_grad=True)
+    gamma = torch.tensor([[0.01, 0.03], [0.02, 0.04]])
+    balanced = balance_location_gradient(mu, gamma, beta=1.0)
+    assert torch.equal(balanced, mu)
+    (balanced * torch.tensor([[1.0, 2.0], [3.0, 4.0]])).sum().backward()
+    assert torch.allclose(mu.grad, torch.tensor([[1.0, 2.0], [3.0, 4.0]]) * gamma / gamma.mean())
+    # A far-off coordinate with a large scale is no longer drowned by fitted ones with small scales.
+    layer = {
+        "log_objectness": torch.zeros(1, 1), "class_log_probs": torch.zeros(1, 1, 1),
+        "mu": torch.tensor([[[0.5, 0.5, 0.5, 0.2, 0.2, 0.2]]], requires_grad=True),
+        "gamma": torch.tensor([[[0.3, 0.01, 0.01, 0.01, 0.01, 0.01]]]),
+    }
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.2, 0.501, 0.5, 0.2, 0.2, 0.2]])}]
+    for beta, far_wins in ((0.0, False), (1.0, True)):
+        layer["mu"].grad = None
+        nll, _, _ = drmm_gt_terms(layer, targets, location_beta=beta)
+        nll.sum().backward()
+        grad = layer["mu"].grad[0, 0].abs()
+        assert bool(grad[0] > grad[1]) == far_wins, (beta, grad)
+
+
+def test_class_groups_one_class_per_query_and_every_parameter_trained():
+    torch.manual_seed(0)
+    layers, queries, hidden, classes = 2, 7, 16, 3
+    head = DRMMHead(hidden, classes, layers, class_groups=True)
+    assert all(layer_head.class_embed is None for layer_head in head.heads)
+    features = torch.randn(layers, 2, queries, hidden)
+    reference = torch.rand(layers, 2, queries, 6) * 0.6 + 0.2
+    out = head(features, reference)
+    probs = out["class_log_probs"].exp()
+    assert torch.equal(probs.argmax(-1)[0], torch.arange(queries) % classes)
+    assert torch.allclose(probs.sum(-1), torch.ones(2, queries))
+    targets = [{"labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.4, 0.4, 0.4, 0.2, 0.2, 0.2], [0.6, 0.5, 0.5, 0.1, 0.3, 0.2]])},
+               {"labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.5, 0.5, 0.3, 0.3, 0.3]])}]
+    loss, _ = DRMMLoss(location_beta=1.0)(out, targets)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in head.parameters())
+    # A ground truth of class c is explained by the queries of group c only: moving every other
+    # query onto it changes nothing.
+    class_one = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.4, 0.4, 0.4, 0.2, 0.2, 0.2]])}]
+    layer = {k: v.detach()[:1] for k, v in out.items() if k != "aux_outputs"}
+    moved = dict(layer, mu=layer["mu"].clone())
+    others = torch.arange(queries) % classes != 0
+    moved["mu"][0, others] = class_one[0]["boxes"][0]
+    before, _, _ = drmm_gt_terms(layer, class_one)
+    after, _, _ = drmm_gt_terms(moved, class_one)
+    assert torch.allclose(before, after)
+    moved["mu"][0, ~others] = class_one[0]["boxes"][0]
+    assert drmm_gt_terms(moved, class_one)[0] < before - 1.0
+    with torch.no_grad():
+        found = drmm_select_detections(layer)[0]
+    assert found["labels"].tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match="one query per class"):
+        DRMMHead(hidden, 9, 1, class_groups=True)(torch.randn(1, 1, 4, hidden), torch.rand(1, 1, 4, 6) * 0.5 + 0.25)
+
+
+def test_detector_reads_class_groups_from_plans_and_old_plans_keep_the_paper_head():
+    plans = make_test_plans(num_classes=3, num_queries=6)
+    grouped = build_detector(plans, "drmm")
+    assert plans["network"]["drmm"]["class_groups"] and all(h.class_embed is None for h in grouped.head.drmm.heads)
+    assert build_criterion(plans, "drmm").drmm.location_beta == 1.0
+    old = make_test_plans(num_classes=3, num_queries=6)
+    del old["network"]["drmm"], old["loss"]["drmm_location_beta"]
+    paper = build_detector(old, "drmm")
+    assert all(h.class_embed is not None for h in paper.head.drmm.heads)
+    assert paper.head.drmm.scale_floor == 0.04 and build_criterion(old, "drmm").drmm.location_beta == 0.0
+    too_few = make_test_plans(num_classes=3, num_queries=2)
+    too_few["network"]["drmm"]["class_groups"] = True
+    with pytest.raises(InputError, match="at least one query per class"):
+        build_detector(too_few, "drmm")

@@ -20,7 +20,7 @@ TINY_NETWORK = {
 }
 
 
-@pytest.mark.parametrize("objective, steps", [("dqm", 300)])
+@pytest.mark.parametrize("objective, steps", [("dqm", 300), ("drmm", 300)])
 def test_overfit_one_phantom_case(roots, objective, steps):
     torch.manual_seed(0)
     make_phantom_dataset(roots["raw"], dataset_id=500, num_cases=1, num_test_cases=0, size="small", seed=1, num_processes=1)

@@ -13,7 +13,8 @@ Inputs (see docs/architecture.md):
 Per layer and query k the head predicts (all float32, also under autocast):
 - objectness `o_k = sigmoid(logit)`, returned as `log_objectness = logsigmoid(logit)` `[B, N]`;
 - class probabilities `p_k` over the C organ classes, softmax without a background class, returned as
-  `class_log_probs = log_softmax` `[B, N, C]` (class c in 1..C is column c - 1);
+  `class_log_probs = log_softmax` `[B, N, C]` (class c in 1..C is column c - 1), or the fixed one-hot
+  of the query's class group (see "Class groups" below);
 - box location `mu_k` `[B, N, 6]`, normalised centre form like the ground truth: a delta on the
   inverse sigmoid of the reference box, `mu = sigmoid(inverse_sigmoid(reference) + delta)` (Deformable
   DETR box refinement; the paper adds a delta to the proposal in corner form, Fig. 4, which is the same
@@ -23,9 +24,31 @@ Per layer and query k the head predicts (all float32, also under autocast):
 - Cauchy scale `gamma_k` `[B, N, 6]` = `softplus(raw) + floor`, with a floor proportional to the
   predicted box size: `floor = max(scale_floor * size, min_scale)` per coordinate, where `size` is
   `(d, h, w, d, h, w)` of mu: a centre coordinate's floor follows the box extent along its axis, a size
-  coordinate's floor follows that size itself (DESIGN.md: about 0.04 * box size). The size inside the
+  coordinate's floor follows that size itself (DESIGN.md: about 0.04 * box size, the default here;
+  the planner writes `network.drmm.scale_floor = 0.1`, which found 14/14 organs of the one-case overfit
+  run where 0.04 found 11/14, together with the loss's location gradient balance). The size inside the
   floor is detached, so the NLL cannot shrink boxes just to sharpen the density; `min_scale` keeps the
   floor positive for degenerate (near zero size) boxes.
+
+Class groups (`class_groups=True`, the planner's default for organ data; the paper's free class head is
+`class_groups=False`): query k is dedicated to class `c(k) = k mod C` (+1), its class distribution is
+the one-hot `p_k = e_c(k)` (log probability 0 for c(k), `OTHER_GROUP_LOG_PROB` for every other class)
+and the head has no class layer. The likelihood of a ground truth of class c is then a mixture over
+the queries of group c only, still weighted by `pi_k = o_k / sum_j o_j` over all queries, and the
+inference score `p_kc * o_k` is `o_k` within the group. Why (measured, `tests/test_overfit.py` and
+docs/architecture.md): with a free class head the mixture has a degenerate optimum on organ data --
+one query explains m ground truths of m classes with `p = 1/m` and `pi = m / G`, so `pi * p` equals
+that of m dedicated queries, and only a broader Cauchy scale tells them apart. Ownership is decided
+in the first few steps by the nearest query in 6-d box space, and stacked organs of the same shape
+(vertebrae L1-L5, aorta and vena cava) share their nearest query; its objectness then grows and the
+other queries' objectness and responsibilities fall to zero, so no gradient moves them. On one tiny
+phantom case the free head kept 4-8 distinct owners for 14 organs (5-6 found with IoU > 0.5 after
+300-600 steps, whatever the initial scale, objectness prior, MCM weight or a learnable class prior);
+with class groups every organ has its own owner from the first step (11/14 after 300 steps, 13/14
+after 600; 11-14/14 after 300 steps over three seeds with the location gradient balance of
+`autodetr.losses.drmm`, where the free head still finds 5/14). Organ datasets have at most one instance per class, so a class group of
+`N / C` queries per class loses nothing; for instance data with many instances of a class, the
+group of that class still has `N / C` components.
 
 Mixing weights are not a separate output: `pi_k = o_k / sum_j o_j` over the queries of a sample
 (Section 3.2), `log_mixing_weights(log_objectness)` computes them in log space.
@@ -44,13 +67,27 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["DRMMHead", "drmm_select_detections", "inverse_sigmoid", "log_mixing_weights"]
+__all__ = ["DRMMHead", "OTHER_GROUP_LOG_PROB", "drmm_select_detections", "inverse_sigmoid", "log_mixing_weights", "query_class_log_probs"]
+
+#: log p_k(c) of a class outside the query's group (`class_groups=True`): exp() is exactly 0 in float32,
+#: while sums and products with 0 stay finite (no -inf arithmetic, no NaN).
+OTHER_GROUP_LOG_PROB = -1.0e4
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """logit(x) with clamping (Deformable DETR): finite for x in [0, 1]."""
     x = x.clamp(0.0, 1.0)
     return torch.log(x.clamp(min=eps) / (1.0 - x).clamp(min=eps))
+
+
+def query_class_log_probs(num_queries: int, num_classes: int, device: torch.device | None = None) -> torch.Tensor:
+    """Class groups: `[N, C]` log one-hot class distribution, query k -> class column `k mod C`."""
+    if num_queries < num_classes:
+        raise ValueError(f"class groups need at least one query per class: {num_queries} queries, {num_classes} classes")
+    log_probs = torch.full((num_queries, num_classes), OTHER_GROUP_LOG_PROB, device=device)
+    queries = torch.arange(num_queries, device=device)
+    log_probs[queries, queries % num_classes] = 0.0
+    return log_probs
 
 
 def log_mixing_weights(log_objectness: torch.Tensor) -> torch.Tensor:
@@ -76,13 +113,16 @@ class _MLP(nn.Module):
 class _LayerHead(nn.Module):
     """The D-RMM head of one decoder layer."""
 
-    def __init__(self, hidden_dim: int, num_classes: int, mlp_layers: int, init_scale: float, objectness_prior: float):
+    def __init__(
+        self, hidden_dim: int, num_classes: int, mlp_layers: int, init_scale: float, objectness_prior: float, class_groups: bool
+    ):
         super().__init__()
-        self.class_embed = nn.Linear(hidden_dim, num_classes)
+        self.class_embed = None if class_groups else nn.Linear(hidden_dim, num_classes)
         self.objectness_embed = nn.Linear(hidden_dim, 1)
         # 12 outputs: 6 box deltas (on inverse-sigmoid scale) + 6 raw Cauchy scales.
         self.box_embed = _MLP(hidden_dim, hidden_dim, 12, mlp_layers)
-        nn.init.zeros_(self.class_embed.bias)
+        if self.class_embed is not None:
+            nn.init.zeros_(self.class_embed.bias)
         nn.init.constant_(self.objectness_embed.bias, math.log(objectness_prior / (1.0 - objectness_prior)))
         last = self.box_embed.layers[-1]
         nn.init.zeros_(last.weight)
@@ -101,10 +141,11 @@ class DRMMHead(nn.Module):
         num_layers: decoder layers L_dec (the leading dimension of the inputs).
         share_layers: one head for all layers instead of one per layer.
         mlp_layers: depth of the box/scale MLP (3, as Deformable DETR's box head).
-        scale_floor: floor of gamma relative to the predicted box size (0.04).
+        scale_floor: floor of gamma relative to the predicted box size (0.04; plans: 0.1).
         min_scale: absolute floor of gamma in normalised units (for near zero size boxes).
         init_scale: initial softplus part of gamma, normalised units.
         objectness_prior: initial objectness o of every query.
+        class_groups: query k is dedicated to class `k mod C` (one-hot p, no class layer; module docstring).
     """
 
     def __init__(
@@ -118,6 +159,7 @@ class DRMMHead(nn.Module):
         min_scale: float = 1e-4,
         init_scale: float = 0.05,
         objectness_prior: float = 0.1,
+        class_groups: bool = False,
     ):
         super().__init__()
         if num_classes < 1 or num_layers < 1 or hidden_dim < 1:
@@ -132,7 +174,8 @@ class DRMMHead(nn.Module):
         self.share_layers = share_layers
         self.scale_floor = float(scale_floor)
         self.min_scale = float(min_scale)
-        head = _LayerHead(hidden_dim, num_classes, mlp_layers, init_scale, objectness_prior)
+        self.class_groups = bool(class_groups)
+        head = _LayerHead(hidden_dim, num_classes, mlp_layers, init_scale, objectness_prior, self.class_groups)
         count = 1 if share_layers else num_layers
         self.heads = nn.ModuleList([head] + [copy.deepcopy(head) for _ in range(count - 1)])
 
@@ -148,14 +191,19 @@ class DRMMHead(nn.Module):
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"layer {layer} outside 0..{self.num_layers - 1}")
         head = self.heads[0 if self.share_layers else layer]
-        class_logits = head.class_embed(features).float()
+        if head.class_embed is None:
+            class_log_probs = query_class_log_probs(features.shape[-2], self.num_classes, features.device).expand(
+                *features.shape[:-1], self.num_classes
+            )
+        else:
+            class_log_probs = F.log_softmax(head.class_embed(features).float(), dim=-1)
         objectness_logits = head.objectness_embed(features).float().squeeze(-1)
         box_raw = head.box_embed(features).float()
         mu = torch.sigmoid(inverse_sigmoid(reference.float()) + box_raw[..., :6])
         gamma = F.softplus(box_raw[..., 6:]) + self.scale_floor_of(mu)
         return {
             "log_objectness": F.logsigmoid(objectness_logits),
-            "class_log_probs": F.log_softmax(class_logits, dim=-1),
+            "class_log_probs": class_log_probs,
             "mu": mu,
             "gamma": gamma,
         }

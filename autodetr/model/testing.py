@@ -45,12 +45,13 @@ def make_test_plans(
             "msa": {"patch_size": 2, "heads": msa_heads, "depth": msa_depth, "dropout": dropout, "bias": False, "ffn_dim": 2 * hidden_dim},
             "decoder": {"layers": decoder_layers, "heads": decoder_heads, "points": decoder_points, "ffn_dim": 2 * hidden_dim, "dropout": dropout},
             "num_queries": queries,
+            "drmm": {"class_groups": queries >= num_classes, "scale_floor": 0.1},
         },
         "matching": {"rho": rho, "lambda": matching_lambda, "eta": math.ceil(matching_lambda * rho - 1e-9), "M": num_classes},
         "loss": {
             "cls": 2.0, "bbox": 5.0, "giou": 5.0, "seg": 2.0,
             "matcher_cost": {"cls": 2.0, "l1": 5.0, "giou": 2.0},
-            "no_object_weight": 0.1, "drmm_beta": 0.5,
+            "no_object_weight": 0.1, "drmm_beta": 0.5, "drmm_location_beta": 1.0,
         },
         "training": {"batch_size": 1, "learning_rate": 2e-4, "backbone_lr_factor": 0.1},
     }
