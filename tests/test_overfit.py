@@ -1,4 +1,5 @@
-"""Overfit one tiny phantom case: the loss falls and most organs are found with IoU > 0.5 (Organ-DETR with DQM)."""
+"""Overfit one tiny phantom case: the loss falls and most organs are found with IoU > 0.5, for DQM and D-RMM
+(D-RMM with the planned class groups and location gradient balance; docs/architecture.md has the measurements)."""
 from __future__ import annotations
 
 import numpy as np
