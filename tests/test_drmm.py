@@ -16,19 +16,19 @@ from autodetr.model.drmm_head import DRMMHead, drmm_select_detections, log_mixin
 from autodetr.model.testing import make_test_plans
 
 
+def _layer(objectness_logits, class_logits, mu, gamma) -> dict:
+    """A head-output layer dict from raw logits, locations and scales."""
+    return {"log_objectness": F.logsigmoid(objectness_logits), "class_log_probs": F.log_softmax(class_logits, dim=-1),
+            "mu": mu, "gamma": gamma}
+
+
 def _random_layer(generator: torch.Generator, batch: int, queries: int, classes: int, requires_grad: bool = False):
     objectness_logits = torch.randn(batch, queries, generator=generator)
     class_logits = torch.randn(batch, queries, classes, generator=generator)
     mu = 0.2 + 0.6 * torch.rand(batch, queries, 6, generator=generator)
     gamma = 0.05 + 0.2 * torch.rand(batch, queries, 6, generator=generator)
     leaves = [t.requires_grad_(requires_grad) for t in (objectness_logits, class_logits, mu, gamma)]
-    layer = {
-        "log_objectness": F.logsigmoid(leaves[0]),
-        "class_log_probs": F.log_softmax(leaves[1], dim=-1),
-        "mu": leaves[2],
-        "gamma": leaves[3],
-    }
-    return layer, leaves
+    return _layer(*leaves), leaves
 
 
 def _random_targets(generator: torch.Generator, counts: list[int], classes: int) -> list[dict]:
@@ -117,13 +117,7 @@ def _extreme_layer(requires_grad: bool = True):
     objectness_logits = torch.tensor([[30.0, -30.0, 0.0, 5.0]] * 2)
     class_logits = torch.tensor([[[40.0, -40.0], [-40.0, 40.0], [0.0, 0.0], [1.0, -1.0]]] * 2)
     leaves = [t.clone().requires_grad_(requires_grad) for t in (objectness_logits, class_logits, mu, gamma)]
-    layer = {
-        "log_objectness": F.logsigmoid(leaves[0]),
-        "class_log_probs": F.log_softmax(leaves[1], dim=-1),
-        "mu": leaves[2],
-        "gamma": leaves[3],
-    }
-    return layer, leaves
+    return _layer(*leaves), leaves
 
 
 @pytest.mark.parametrize("counts", [[2, 2], [0, 0], [2, 0], [0, 1]])
@@ -153,13 +147,7 @@ def _identical_queries(num_equal: int, num_negligible: int):
     gamma = torch.cat([torch.full((num_equal, 6), 0.02), torch.full((num_negligible, 6), 1e-4)])[None]
     objectness_logits = torch.cat([torch.full((num_equal,), 2.0), torch.full((num_negligible,), -20.0)])[None]
     class_logits = torch.zeros(1, num_equal + num_negligible, 3)
-    layer = {
-        "log_objectness": F.logsigmoid(objectness_logits),
-        "class_log_probs": F.log_softmax(class_logits, dim=-1),
-        "mu": mu,
-        "gamma": gamma,
-    }
-    return layer, [{"labels": torch.tensor([2]), "boxes": box[None]}]
+    return _layer(objectness_logits, class_logits, mu, gamma), [{"labels": torch.tensor([2]), "boxes": box[None]}]
 
 
 def test_mcm_zero_for_one_dominant_component_and_log_k_for_k_equal():
