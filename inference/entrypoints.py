@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  autodetr_predict -i imagesTs -o predictions -d 500\n"
         "  autodetr_predict -i scan.nii.gz -o out -m $AUTODETR_results/Dataset500_Phantom/" + DEFAULT_MODEL + " -f 0\n"
-        "  autodetr_predict -i dicom_folder -o out --save-masks --tta\n"
+        "  autodetr_predict -i dicom_folder -o out --save-masks --tta --slicer\n"
         + textwrap.fill("A case that fails is named on stderr with the reason; the others are still written, and the "
                         "exit code is 1 (2 for a problem with the whole command, e.g. no trained model). A rerun skips "
                         "cases whose <case>.json exists (use --overwrite to redo them).", 100),
@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-masks", action="store_true",
                         help="also write <case>_boxes.nii.gz: every box filled with its label value on the original "
                         "image grid (same size, spacing, origin, direction), for ITK-SNAP / 3D Slicer")
+    parser.add_argument("--slicer", action="store_true",
+                        help="also write <case>.mrk.json: one 3D Slicer ROI markup per detection (LPS, oriented like "
+                        "the image, the class name as its name, the score in its description); drag it into Slicer "
+                        "together with the image")
     parser.add_argument("--score-threshold", type=float, default=0.0,
                         help="write only detections with at least this fused score (default 0: the best detection "
                         "of every class, with its score)")
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         args.input, args.output, dataset=args.dataset, model=args.model, folds=args.folds, checkpoint=args.checkpoint,
         device=args.device, tta=args.tta, num_processes=args.num_processes, save_masks=args.save_masks,
         score_threshold=args.score_threshold, overwrite=args.overwrite, iou_threshold=args.iou_threshold,
-        max_per_class=args.max_per_class, progress=not args.no_progress,
+        max_per_class=args.max_per_class, progress=not args.no_progress, slicer=args.slicer,
     )
     print(f"model {summary.model_folder} ({', '.join(summary.folds)}): {len(summary.written)} case(s) written, "
           f"{len(summary.skipped)} skipped (already done), {len(summary.failed)} failed; table {summary.csv}")

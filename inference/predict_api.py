@@ -13,7 +13,8 @@ Pipeline per case:
    preprocessed case; mirrored copies are mirrored back (and lateral classes swapped back);
 4. fuse all members per class by weighted box clustering (`autodetr.inference.ensemble`);
 5. map the fused boxes to original voxels (`RestoreInfo.preprocessed_to_original`), clip to the image,
-   and write `<case>.json` with world corners (and `<case>_boxes.nii.gz` with `save_masks`).
+   and write `<case>.json` with world corners (and `<case>_boxes.nii.gz` with `save_masks`, the 3D Slicer
+   ROI file `<case>.mrk.json` with `slicer`).
 
 Memory strategy: all chosen folds' models are loaded once and kept in memory, cases are the outer loop.
 Every case is then read and preprocessed once (the expensive part on CPU), written as soon as it is
@@ -47,6 +48,7 @@ from autodetr.inference.outputs import (
     write_mask_from_prediction,
 )
 from autodetr.preprocessing.raw_dataset import Geometry
+from autodetr.slicer_markups import markups_path, write_slicer_rois_from_prediction
 
 DEFAULT_TRAINER = "autodetrTrainer_dqm"
 DEFAULT_PLANS = "autodetrPlans"
@@ -419,12 +421,14 @@ def predict(
     iou_threshold: float = DEFAULT_IOU_THRESHOLD,
     max_per_class: int = 1,
     progress: bool = True,
+    slicer: bool = False,
 ) -> PredictSummary:
     """Predict every case of `input_path` into `output_folder` (see the module docstring).
 
     A case that cannot be read or predicted is reported on stderr (one line: case and reason) and
     listed in the summary's `failed`; the others are still written. Finished cases (`<case>.json`
-    exists) are skipped unless `overwrite`. `boxes.csv` is rebuilt from all case files at the end."""
+    exists) are skipped unless `overwrite`. `boxes.csv` is rebuilt from all case files at the end.
+    `slicer`: also write `<case>.mrk.json`, one 3D Slicer ROI per detection (`autodetr.slicer_markups`)."""
     from tqdm import tqdm
 
     if checkpoint is not None and checkpoint not in CHECKPOINT_NAMES:
@@ -454,6 +458,8 @@ def predict(
             summary.skipped.append(case.case_id)
             if save_masks and not mask_path(output, case.case_id).is_file():
                 write_mask_from_prediction(prediction_path(output, case.case_id), mask_path(output, case.case_id))
+            if slicer and not markups_path(output, case.case_id).is_file():
+                write_slicer_rois_from_prediction(prediction_path(output, case.case_id), markups_path(output, case.case_id))
         else:
             todo.append(case)
     if todo:
@@ -487,6 +493,8 @@ def predict(
                                       geometry, extra)
                 if save_masks:
                     write_box_mask(mask_path(output, case.case_id), result["boxes"][keep], result["label_values"][keep], geometry)
+                if slicer:
+                    write_slicer_rois_from_prediction(prediction_path(output, case.case_id), markups_path(output, case.case_id))
                 summary.written.append(case.case_id)
             except Exception as error:  # noqa: BLE001 - report and go on with the other cases
                 if os.environ.get("AUTODETR_DEBUG") and not isinstance(error, InputError):

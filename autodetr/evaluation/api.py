@@ -258,6 +258,8 @@ def find_prediction_files(folder: str | os.PathLike) -> tuple[dict[str, Path], l
     found: dict[str, Path] = {}
     skipped: list[str] = []
     for path in sorted(folder.glob("*.json")):
+        if path.name.endswith(".mrk.json"):      # 3D Slicer ROIs written beside the predictions
+            continue
         try:
             content = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
