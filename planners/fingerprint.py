@@ -10,7 +10,8 @@ from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor impo
 
 from autodetr.parallel import progress_map
 from autodetr.preprocessing.cropping import crop_case
-from autodetr.preprocessing.raw_dataset import OrganClass, RawCase, read_case
+from autodetr.preprocessing.box_files import read_any_case
+from autodetr.preprocessing.raw_dataset import OrganClass, RawCase
 
 FOREGROUND_SAMPLES_TOTAL = 10_000_000
 
@@ -22,7 +23,7 @@ def ct_channel_indices(dataset_json: dict) -> list[int]:
 
 def analyse_case(raw_case: RawCase, classes: list[OrganClass], ct_channels: list[int], num_samples: int) -> dict:
     """Statistics of one training case (runs in a worker process)."""
-    case = read_case(raw_case, classes)
+    case = read_any_case(raw_case, classes)  # label map or box file
     image_cropped, label_cropped, crop_box = crop_case(case.image, case.label_map, ct_channels)
     foreground, _ = DatasetFingerprintExtractor.collect_foreground_intensities(
         (label_cropped if label_cropped is not None else np.zeros(image_cropped.shape[1:]))[None],

@@ -17,6 +17,7 @@ from autodetr.planners.planner import PLANS_NAME, plan_experiment
 from autodetr.preprocessing.preprocess_dataset import preprocess_dataset
 from autodetr.preprocessing.raw_dataset import is_instance_form, list_cases, load_dataset_json, organ_classes
 from autodetr.preprocessing.splits import load_or_make_splits
+from autodetr.preprocessing.box_files import annotation_form, list_box_cases
 
 
 def default_preset() -> str:
@@ -53,9 +54,10 @@ def plan_and_preprocess(
     if not raw_folder.is_dir():
         raise InputError(f"{raw_folder}: dataset folder missing")
     dataset_json = load_dataset_json(raw_folder)
-    instance_form = is_instance_form(raw_folder)
+    annotation = annotation_form(raw_folder / "labelsTr", dataset_json["file_ending"])  # label maps or box files
+    instance_form = annotation == "label_maps" and is_instance_form(raw_folder)
     classes = organ_classes(dataset_json, instance_form)
-    raw_cases = list_cases(raw_folder, dataset_json)
+    raw_cases = list_box_cases(raw_folder, dataset_json) if annotation == "boxes" else list_cases(raw_folder, dataset_json)
     if not raw_cases:
         raise InputError(f"{raw_folder / 'imagesTr'}: no training images ending in {dataset_json['file_ending']}")
     case_ids = [c.case_id for c in raw_cases]
@@ -72,7 +74,8 @@ def plan_and_preprocess(
     write_json(output / "dataset.json", dataset_json)
 
     plans = plan_experiment(
-        fingerprint, dataset_json, classes, dataset_name, preset=preset or default_preset(), **plan_options
+        fingerprint, dataset_json, classes, dataset_name, preset=preset or default_preset(),
+        box_annotations=annotation == "boxes", **plan_options
     )
     plans["plans_name"] = plans_name
     plans_file = folder / "plans.json"

@@ -14,7 +14,8 @@ the planner chose what it chose. Decisions, in order:
    downsampling into the stem, which makes a CPU iteration about ten times cheaper.
 5. Queries N = rho * M (M: the most organs in a case), DQM duplicates eta = ceil(lambda * rho) clipped to
    [1, 5] (Organ-DETR Eq. 5; paper: rho 10, lambda 0.2).
-6. Loss weights of Organ-DETR Eq. 8 (2 / 5 / 2) and the Hungarian cost weights of Deformable DETR.
+6. Loss weights of Organ-DETR Eq. 8 (2 / 5 / 2) and the Hungarian cost weights of Deformable DETR; a
+   dataset annotated with boxes only (box files) has no organ masks, so its segmentation weight is 0.
 """
 from __future__ import annotations
 
@@ -155,6 +156,7 @@ def plan_experiment(
     input_size: list[int] | None = None,
     backbone: str = "fpn",
     overrides: dict | None = None,
+    box_annotations: bool = False,
 ) -> dict:
     """Make the plans dict (see docs/architecture.md for the keys the network and trainer read)."""
     if preset not in PRESETS:
@@ -264,6 +266,12 @@ def plan_experiment(
     }
     decisions["loss"] = "Organ-DETR Eq. 8 weights lambda_cls 2, lambda_bbox 5 (L1 and GIoU), lambda_seg 2"
     decisions["batch_size"] = f"{preset} preset"
+    if box_annotations:
+        plans["loss"]["seg"] = 0.0
+        decisions["loss.seg"] = (
+            "0: the dataset has box files, no organ masks; its preprocessed seg holds the boxes drawn as class "
+            "regions, which carry the boxes through augmentation (training targets) but are no segmentation target"
+        )
     for key, value in (overrides or {}).items():
         _set_path(plans, key, value)
         decisions[key] = "given on the command line"

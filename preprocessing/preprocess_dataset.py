@@ -14,7 +14,8 @@ import numpy as np
 from autodetr.atomic_io import write_json, write_npz
 from autodetr.parallel import progress_map
 from autodetr.preprocessing.preprocess_case import preprocess_image
-from autodetr.preprocessing.raw_dataset import OrganClass, RawCase, class_index_map, read_case
+from autodetr.preprocessing.box_files import read_any_case
+from autodetr.preprocessing.raw_dataset import OrganClass, RawCase, class_index_map
 
 NPZ_KEYS = ("image", "seg", "boxes", "classes")
 
@@ -35,7 +36,7 @@ def case_is_complete(folder: Path, case_id: str) -> bool:
 
 def preprocess_training_case(raw_case: RawCase, classes: list[OrganClass], plans: dict, output_folder: Path) -> str:
     """Read, preprocess and write one training case; returns its id."""
-    case = read_case(raw_case, classes)
+    case = read_any_case(raw_case, classes)  # label map or box file (its box label map)
     index_of_value = {c.label_value: c.index for c in classes}
     box_classes = np.asarray([index_of_value[int(v)] for v in case.box_label_values], dtype=np.int64)
     result = preprocess_image(case.image, case.geometry, plans, class_index_map(case, classes), case.boxes, box_classes)

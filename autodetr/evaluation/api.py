@@ -364,6 +364,37 @@ def _label_files(folder: Path, file_ending: str | None) -> dict[str, Path]:
     return files
 
 
+def _ground_truth_files(folder: Path, file_ending: str | None) -> dict[str, Path]:
+    """Label maps of a labels folder, or its box files (`<case>.json`, see
+    `autodetr.preprocessing.box_files`) when it holds no label maps; a folder with both raises InputError."""
+    from autodetr.preprocessing.box_files import annotation_form, box_files
+
+    files = _label_files(folder, file_ending)
+    if file_ending is not None and annotation_form(folder, file_ending) == "boxes":
+        return box_files(folder, file_ending)
+    if not files:
+        return {case: path for case, path in box_files(folder, ".nii.gz").items()
+                if not any((folder / f"{case}{ending}").is_file() for ending in LABEL_FILE_ENDINGS)}
+    return files
+
+
+def read_box_ground_truth(path: Path, classes: DatasetClasses) -> tuple[np.ndarray, np.ndarray, tuple[int, ...] | None, list[str]]:
+    """Boxes of one box file `labelsTr/<case>.json`: `(boxes, label_values, image shape or None, notes)`.
+
+    World boxes are mapped into voxels with the geometry of the case's image (`imagesTr/<case>_0000*` for
+    labelsTr, `imagesTs/` for labelsTs); without the image only `box_voxel` boxes can be read."""
+    from autodetr.preprocessing.box_files import header_geometry, read_box_file
+
+    case = path.name[: -len(".json")]
+    images = path.parent.parent / path.parent.name.replace("labels", "images")
+    found = sorted(images.glob(f"{case}_0000.*")) if images.is_dir() else []
+    geometry = header_geometry(found[0]) if found else None
+    declared = read_dataset_classes(classes.source) if classes.source is not None else classes   # all classes
+    boxes, values = read_box_file(path, {name: value for value, name in declared.names.items()}, geometry)
+    keep = np.isin(values, classes.values)                                                          # evaluated ones
+    return boxes[keep], values[keep], None if geometry is None else tuple(geometry.image_shape), []
+
+
 def find_ground_truth(
     gt: str | os.PathLike,
     predicted_cases: Sequence[str] = (),
@@ -392,7 +423,7 @@ def find_ground_truth(
     if not json_path.is_file():
         raise InputError(f"{json_path}: dataset.json not found (needed for the class names; give it with --dataset-json)")
     classes = read_dataset_classes(json_path)
-    listings = {folder: _label_files(folder, classes.file_ending) for folder in candidates}
+    listings = {folder: _ground_truth_files(folder, classes.file_ending) for folder in candidates}
     predicted = set(predicted_cases)
     chosen = max(candidates, key=lambda folder: (len(predicted & set(listings[folder])), folder.name == "labelsTr"))
     if len(candidates) > 1:
@@ -412,6 +443,8 @@ def read_ground_truth_case(path: str | os.PathLike, classes: DatasetClasses) -> 
     import SimpleITK as sitk
 
     path = Path(path)
+    if path.name.endswith(".json"):      # a box file (box-only dataset)
+        return read_box_ground_truth(path, classes)
     try:
         label_map = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     except RuntimeError as error:
@@ -590,7 +623,7 @@ def _evaluate_prediction_files(
         if case in predictions:
             content = load_prediction(predictions[case])
             expected = content.get("image_shape")
-            if expected is not None and tuple(int(s) for s in expected) != tuple(shape):
+            if expected is not None and shape is not None and tuple(int(s) for s in expected) != tuple(shape):
                 raise InputError(
                     f"{predictions[case]}: image_shape {list(expected)} differs from the label map "
                     f"{label_files[case]} shape {list(shape)}"
