@@ -11,8 +11,14 @@ class InputError(Exception):
     """Bad user input: the message names the file (or value) and what is wrong with it."""
 
 
+def one_line(text: str) -> str:
+    """`text` with line breaks replaced by spaces (an error is reported as one line)."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 def cli_main(function: Callable[..., int | None]) -> Callable[..., int]:
-    """Run a CLI entry point; an InputError prints one line and exits 2 (traceback with AUTODETR_DEBUG=1)."""
+    """Run a CLI entry point; an InputError prints one line and exits 2, an OSError of the file system one
+    line and exits 1 (the traceback with AUTODETR_DEBUG=1)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs) -> int:
@@ -21,8 +27,14 @@ def cli_main(function: Callable[..., int | None]) -> Callable[..., int]:
         except InputError as error:
             if os.environ.get("AUTODETR_DEBUG"):
                 raise
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {one_line(str(error))}", file=sys.stderr)
             sys.exit(2)
+        except OSError as error:  # the file system refused: full disk, permissions, a path through a file
+            if os.environ.get("AUTODETR_DEBUG"):
+                raise
+            where = f"{error.filename}: " if error.filename else ""
+            print(f"error: {one_line(where + str(error.strerror or error))}", file=sys.stderr)
+            sys.exit(1)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)

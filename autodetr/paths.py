@@ -23,7 +23,10 @@ def root(kind: str) -> Path:
             f"environment variable {variable} is not set: export {variable}=/path/to/folder "
             f"(see env.example)"
         )
-    return Path(value)
+    folder = Path(value)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: {variable} names a file, not a folder")
+    return folder
 
 
 def raw_root() -> Path:
@@ -39,6 +42,26 @@ def results_root() -> Path:
 
 
 _DATASET_PATTERN = re.compile(r"^Dataset(\d{3})_(.+)$")
+#: Characters allowed in a dataset name after `DatasetXXX_` (no path separators, so a name is one folder).
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def check_folder_name(name: str, what: str = "dataset") -> str:
+    """Refuse a name that is not one plain folder name: separators, `..`, a leading dot, control characters."""
+    if not _NAME_PATTERN.match(name) or ".." in name:
+        raise InputError(f"{what} name '{name}': only letters, digits and _ . + - are allowed "
+                         "(one folder name, no path separators or '..')")
+    return name
+
+
+def inside(root_folder: Path, *parts: str) -> Path:
+    """`root_folder / parts...`, refused when its parts lead outside `root_folder` (`..`, absolute parts).
+    Symbolic links inside the root are followed as usual (a dataset folder may link to another disk)."""
+    base = os.path.normpath(os.path.abspath(root_folder))
+    path = os.path.normpath(os.path.join(base, *parts))
+    if os.path.commonpath([base, path]) != base:
+        raise InputError(f"{Path(root_folder).joinpath(*parts)}: leads outside {base}")
+    return Path(root_folder).joinpath(*parts)
 
 
 def dataset_name_from_id(dataset: str | int, search_roots: list[Path] | None = None) -> str:
@@ -49,6 +72,7 @@ def dataset_name_from_id(dataset: str | int, search_roots: list[Path] | None = N
     text = str(dataset)
     match = _DATASET_PATTERN.match(text)
     if match:
+        check_folder_name(match.group(2))
         return text
     if not text.isdigit():
         raise InputError(f"dataset '{text}' is neither an id (e.g. 501) nor a name (e.g. Dataset501_Organs)")
@@ -74,6 +98,8 @@ def dataset_name_from_id(dataset: str | int, search_roots: list[Path] | None = N
 
 def dataset_id(dataset_name: str) -> int:
     match = _DATASET_PATTERN.match(dataset_name)
+    if match:
+        check_folder_name(match.group(2))
     if not match:
         raise InputError(f"'{dataset_name}' is not a dataset name of the form DatasetXXX_Name")
     return int(match.group(1))

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from autodetr.atomic_io import read_json
 from autodetr.boxes import boxes_from_label_map
 from autodetr.errors import InputError
-from autodetr.preprocessing.file_checks import check_complete
+from autodetr.preprocessing.file_checks import check_complete, count_non_finite_nifti
 
 REQUIRED_DATASET_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 GEOMETRY_TOLERANCE = 1e-3
@@ -113,20 +114,70 @@ class CaseData:
 
 
 def load_dataset_json(dataset_folder: Path) -> dict:
-    """Read and check `dataset.json`."""
+    """Read and check `dataset.json` (keys, their types, label values); InputError naming the file."""
     path = Path(dataset_folder) / "dataset.json"
     if not path.is_file():
         raise InputError(f"{path}: missing dataset.json (see README, 'Dataset format')")
-    try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+    content = read_json(path, expected=dict, unique_keys=True)
     missing = [key for key in REQUIRED_DATASET_KEYS if key not in content]
     if missing:
         raise InputError(f"{path}: missing required key(s) {', '.join(missing)}")
-    if not isinstance(content["labels"], dict) or not content["labels"]:
-        raise InputError(f"{path}: 'labels' must be a non-empty mapping")
+    check_dataset_json(content, path)
     return content
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_dataset_json(content: dict, path: Path | str = "dataset.json") -> None:
+    """Types and values of the keys autodetr reads, as nnU-Net v2 defines them (README, 'Dataset format')."""
+    ending = content["file_ending"]
+    if not isinstance(ending, str) or not ending.startswith(".") or "/" in ending:
+        raise InputError(f"{path}: 'file_ending' must be a file ending such as \".nii.gz\", got {ending!r}")
+    channels = content["channel_names"]
+    if not isinstance(channels, dict) or not channels:
+        raise InputError(f"{path}: 'channel_names' must be a non-empty mapping such as {{\"0\": \"CT\"}}, got {channels!r}")
+    if sorted(channels) != [str(i) for i in range(len(channels))]:
+        raise InputError(f"{path}: 'channel_names' keys must be \"0\"..\"{len(channels) - 1}\", got {sorted(channels)}")
+    bad_names = [k for k, v in channels.items() if not isinstance(v, str) or not v.strip()]
+    if bad_names:
+        raise InputError(f"{path}: 'channel_names' entry {bad_names[0]} must be a name such as \"CT\", got {channels[bad_names[0]]!r}")
+    number = content["numTraining"]
+    if not _is_int(number) or number < 1:
+        raise InputError(f"{path}: 'numTraining' must be a positive integer, got {number!r}")
+    labels = content["labels"]
+    if not isinstance(labels, dict) or not labels:
+        raise InputError(f"{path}: 'labels' must be a non-empty mapping")
+    values = list(labels.values())
+    if all(isinstance(v, str) for v in values):  # nnDetection / MSD form: "<integer>": "name"
+        bad = [k for k in labels if not str(k).isdigit()]
+        if bad:
+            raise InputError(f"{path}: label '{bad[0]}' maps to a name; in this form every key must be a "
+                             "non-negative integer (e.g. {\"0\": \"liver\"})")
+        return
+    for name, value in labels.items():
+        if isinstance(value, (list, tuple)):
+            raise InputError(f"{path}: label '{name}' is a region {value}; region-based labels are not organ classes")
+        if not _is_int(value) or value < 0:
+            raise InputError(f"{path}: label '{name}' has value {value!r}, expected a non-negative integer")
+    seen: dict[int, str] = {}
+    for name, value in labels.items():
+        if value in seen:
+            raise InputError(f"{path}: label value {value} is used twice ('{seen[value]}' and '{name}'); "
+                             "each class needs its own value")
+        seen[value] = name
+    if not any(v != 0 for v in values):
+        raise InputError(f"{path}: 'labels' has no foreground class (only background 0)")
+
+
+def check_num_training(dataset_folder: Path, dataset_json: dict, num_found: int) -> None:
+    """`numTraining` must equal the number of training cases found (nnU-Net checks this too)."""
+    if dataset_json["numTraining"] != num_found:
+        raise InputError(
+            f"{Path(dataset_folder) / 'dataset.json'}: 'numTraining' is {dataset_json['numTraining']} but imagesTr "
+            f"holds {num_found} case(s); correct numTraining or the files"
+        )
 
 
 def is_instance_form(dataset_folder: Path) -> bool:
@@ -144,6 +195,14 @@ def organ_classes(dataset_json: dict, instance_form: bool) -> list[OrganClass]:
                 entries.append((int(key), name))
             elif isinstance(name, int) and name != 0:  # nnU-Net form given with instance labels
                 entries.append((int(name) - 1, key))
+    elif all(isinstance(v, str) for v in dataset_json["labels"].values()):
+        labels = dataset_json["labels"]
+        if str(labels.get("0", "")).strip().lower() != "background":
+            raise InputError(
+                "dataset.json: 'labels' maps class ids to names (nnDetection instance form), but labelsTr has no "
+                "<case>.json instance files; use {\"background\": 0, \"liver\": 1, ...} for label maps"
+            )
+        entries = [(int(key), name) for key, name in labels.items() if int(key) != 0]  # {"0": "background", "1": ...}
     else:
         for name, value in dataset_json["labels"].items():
             if isinstance(value, (list, tuple)):
@@ -232,15 +291,26 @@ def read_images(image_files: list[Path]) -> tuple[np.ndarray, Geometry]:
         if geometry is not None and not geometry.matches(this):
             raise InputError(f"{path}: geometry differs from channel 0 ({image_files[0].name})")
         geometry = geometry or this
-        arrays.append(_array(image, path, np.float32))
+        array = _array(image, path, np.float32)
+        check_finite(array, path)
+        arrays.append(array)
     return np.stack(arrays), geometry
+
+
+def check_finite(array: np.ndarray, path: Path) -> None:
+    """Refuse NaN and infinite voxels (values beyond float32 included): one such voxel makes every
+    normalised image NaN. SimpleITK reads them as 0 from NIfTI, so the file itself is checked too."""
+    bad = int(np.count_nonzero(~np.isfinite(array))) or count_non_finite_nifti(path)
+    if bad:
+        raise InputError(f"{path}: {bad} voxel(s) are NaN or infinite; replace them (e.g. with the background "
+                         "value) or remove the case")
 
 
 def read_instance_classes(path: Path) -> dict[int, int]:
     try:
         content = json.loads(Path(path).read_text())
         return {int(k): int(v) for k, v in content["instances"].items()}
-    except (json.JSONDecodeError, KeyError, ValueError, AttributeError):
+    except (json.JSONDecodeError, KeyError, ValueError, AttributeError, TypeError, OSError):
         raise InputError(f"{path}: expected {{\"instances\": {{\"<id>\": <class>, ...}}}}") from None
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from nnunetv2.utilities.crossval_split import generate_crossval_split
 
 from autodetr.atomic_io import read_json, write_json
+from autodetr.errors import InputError
 
 SPLIT_SEED = 12345
 NUM_FOLDS = 5
@@ -26,11 +27,22 @@ def make_splits(case_ids: list[str], num_folds: int = NUM_FOLDS, seed: int = SPL
             for s in generate_crossval_split(case_ids, seed=seed, n_splits=num_folds)]
 
 
+def read_splits(path: Path) -> list[dict[str, list[str]]]:
+    """`splits_final.json`: a list of {"train": [case ids], "val": [case ids]}; InputError naming the file."""
+    splits = read_json(path, expected=list)
+    for number, fold in enumerate(splits):
+        if not (isinstance(fold, dict) and all(isinstance(fold.get(k), list) for k in ("train", "val"))
+                and all(isinstance(c, str) for k in ("train", "val") for c in fold[k])):
+            raise InputError(f"{path}: fold {number} must be {{\"train\": [case ids], \"val\": [case ids]}}; "
+                             "delete the file to make new splits")
+    return splits
+
+
 def load_or_make_splits(path: Path, case_ids: list[str]) -> list[dict[str, list[str]]]:
     """Reuse `splits_final.json` if it exists and names only known cases; otherwise write new splits."""
     path = Path(path)
     if path.is_file():
-        splits = read_json(path)
+        splits = read_splits(path)
         named = {c for fold in splits for c in fold["train"] + fold["val"]}
         if named == set(case_ids):
             return splits

@@ -59,10 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_inputs(dataset: str, plans_name: str) -> None:
+    """Refuse a plans name that is not one folder name, and a plans.json or splits_final.json that is not
+    valid, with one line naming the file (training would otherwise stop with a traceback)."""
+    from autodetr.atomic_io import read_json
+    from autodetr.paths import check_folder_name, preprocessed_root
+    from autodetr.preprocessing.splits import read_splits
+    from autodetr.training.train_api import _resolve_dataset
+
+    check_folder_name(plans_name, "plans")
+    folder = preprocessed_root() / _resolve_dataset(dataset)
+    if (folder / plans_name / "plans.json").is_file():
+        read_json(folder / plans_name / "plans.json", expected=dict)
+    if (folder / "splits_final.json").is_file():
+        read_splits(folder / "splits_final.json")
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     from autodetr.training.train_api import train
+
+    check_inputs(arguments.dataset, arguments.plans)
 
     train(
         arguments.dataset, arguments.fold, objective=arguments.objective, plans_name=arguments.plans,
