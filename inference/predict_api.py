@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -348,7 +348,9 @@ class CasePrefetcher:
         self.pool = None
         self.pending: list[tuple[InputCase, Future]] = []
         if num_processes > 1 and len(self.queue) > 1:
-            self.pool = ProcessPoolExecutor(min(num_processes, len(self.queue)), mp_context=multiprocessing.get_context("spawn"))
+            from autodetr.parallel import worker_pool  # workers die with this process
+
+            self.pool = worker_pool(min(num_processes, len(self.queue)), mp_context=multiprocessing.get_context("spawn"))
             self._submit()
 
     def _submit(self) -> None:
@@ -444,9 +446,13 @@ def predict(
         raise InputError(f"{output}: output exists and is not a folder")
     model_folder = resolve_model_folder(dataset, model)
     fold_folders = select_folds(model_folder, folds)
-    from autodetr.atomic_io import read_json
+    from autodetr.atomic_io import read_json, remove_stale_partials
 
-    plans = read_json(fold_folders[0] / "plans.json")
+    for fold_folder in fold_folders:  # one line naming a corrupt file, not a traceback while loading
+        if (fold_folder / "arguments.json").is_file():
+            read_json(fold_folder / "arguments.json", expected=dict)
+    plans = read_json(fold_folders[0] / "plans.json", expected=dict)
+    remove_stale_partials(output)
     num_channels = int(plans.get("network", {}).get("in_channels", 1))
     cases = discover_cases(input_path, num_channels, exclude=output)
     output.mkdir(parents=True, exist_ok=True)

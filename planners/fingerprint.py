@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
 
+from autodetr.errors import InputError
 from autodetr.parallel import progress_map
 from autodetr.preprocessing.cropping import crop_case
 from autodetr.preprocessing.box_files import read_any_case
@@ -57,19 +58,53 @@ def _percentiles(values: np.ndarray) -> dict:
     }
 
 
+#: A case is left out of the spacing and size statistics when its spacing differs from the dataset's median
+#: by more than this factor on an axis, and by more than SPREAD_LIMIT robust standard deviations
+#: (1.4826 x median absolute deviation, in log space) of that axis, so a spread-out real dataset
+#: (e.g. 0.6 to 5 mm slices) keeps all its cases.
+SPACING_OUTLIER_FACTOR = 3.0
+SPREAD_LIMIT = 3.0
+MIN_CASES_FOR_OUTLIERS = 3
+
+
+def spacing_outliers(case_ids: list[str], spacings: np.ndarray) -> dict[str, str]:
+    """Cases whose spacing lies far outside the dataset's: `{case_id: reason}` (see SPACING_OUTLIER_FACTOR)."""
+    spacings = np.asarray(spacings, dtype=np.float64)
+    if len(spacings) < MIN_CASES_FOR_OUTLIERS:
+        return {}
+    logs = np.log(np.maximum(spacings, 1e-12))
+    centre = np.median(logs, axis=0)
+    spread = 1.4826 * np.median(np.abs(logs - centre), axis=0)
+    limit = np.maximum(np.log(SPACING_OUTLIER_FACTOR), SPREAD_LIMIT * spread)
+    median = np.exp(centre)
+    outliers = {}
+    for case_id, spacing, log in zip(case_ids, spacings, logs):
+        far = np.abs(log - centre) > limit
+        if far.any():
+            ratio = float(np.max(np.exp(np.abs(log - centre))[far]))
+            outliers[case_id] = (
+                f"spacing {np.round(spacing, 4).tolist()} mm (z, y, x) is {ratio:.3g}x from the dataset median "
+                f"{np.round(median, 4).tolist()} mm; left out of the spacing and input size planning"
+            )
+    return outliers
+
+
 def aggregate(results: list[dict], classes: list[OrganClass], num_channels: int) -> dict:
     """Combine per-case statistics into the fingerprint (nnU-Net keys kept as nnU-Net names them)."""
     intensity_properties = {}
     for channel in range(num_channels):
         values = np.concatenate([r["foreground_intensities"][channel] for r in results if len(r["foreground_intensities"][channel])] or [np.zeros(1)])
         p005, median, p995 = np.percentile(values, (0.5, 50.0, 99.5))
+        clipped = np.clip(values.astype(np.float64), p005, p995)  # what CT normalisation sees: robust to outliers
         intensity_properties[str(channel)] = {
-            "mean": float(values.mean()), "median": float(median), "std": float(values.std()),
+            "mean": float(clipped.mean()), "median": float(median), "std": float(clipped.std()),
             "min": float(values.min()), "max": float(values.max()),
             "percentile_99_5": float(p995), "percentile_00_5": float(p005),
         }
-    spacings = np.asarray([r["spacing"] for r in results])
-    shapes = np.asarray([r["shape_after_crop"] for r in results])
+    outliers = spacing_outliers([r["case_id"] for r in results], np.asarray([r["spacing"] for r in results]))
+    planned = [r for r in results if r["case_id"] not in outliers] or results
+    spacings = np.asarray([r["spacing"] for r in planned])
+    shapes = np.asarray([r["shape_after_crop"] for r in planned])
     relative = [np.prod(r["shape_after_crop"]) / np.prod(r["shape_before_crop"]) for r in results]
     per_class = {}
     for organ in classes:
@@ -86,6 +121,9 @@ def aggregate(results: list[dict], classes: list[OrganClass], num_channels: int)
     return {
         "num_cases": len(results),
         "case_ids": [r["case_id"] for r in results],
+        "planning_outliers": outliers,
+        "spacings_all": [r["spacing"] for r in results],
+        "shapes_after_crop_all": [r["shape_after_crop"] for r in results],
         "spacings": spacings.tolist(),
         "shapes_after_crop": shapes.tolist(),
         "foreground_intensity_properties_per_channel": intensity_properties,
@@ -113,3 +151,33 @@ def extract_fingerprint(
     arguments = [(case, classes, ct_channels, num_samples) for case in raw_cases]
     results = progress_map(analyse_case, arguments, num_processes, "Fingerprint")
     return aggregate(results, classes, len(dataset_json["channel_names"]))
+
+
+def _image_file(raw_cases: list[RawCase], case_id: str) -> str:
+    for case in raw_cases:
+        if case.case_id == case_id:
+            return str(case.image_files[0])
+    return case_id
+
+
+def planning_warnings(fingerprint: dict, raw_cases: list[RawCase]) -> list[str]:
+    """One line per case left out of the planning statistics, naming its image file."""
+    return [f"{_image_file(raw_cases, case_id)}: {reason}" for case_id, reason in fingerprint.get("planning_outliers", {}).items()]
+
+
+def check_cases_fit_plan(fingerprint: dict, raw_cases: list[RawCase], plans: dict, min_size: int = 4) -> None:
+    """Refuse a case that the plan would shrink below `min_size` voxels on an axis (fewer than the
+    network's smallest feature map), e.g. one written with a spacing of 0.01 mm."""
+    from autodetr.preprocessing.preprocess_case import fitted_shape
+
+    forward = list(plans["transpose_forward"])
+    target = np.asarray(plans["spacing"], dtype=np.float64)
+    input_size = np.asarray(plans["input_size"])
+    for case_id, spacing, shape in zip(fingerprint["case_ids"], fingerprint["spacings_all"], fingerprint["shapes_after_crop_all"]):
+        new_shape, _ = fitted_shape(np.asarray(shape)[forward], np.asarray(spacing)[forward], target, input_size)
+        if new_shape.min() < min_size:
+            raise InputError(
+                f"{_image_file(raw_cases, case_id)}: would be only {new_shape.tolist()} voxels at the planned spacing "
+                f"{np.round(target, 3).tolist()} mm, fewer than the network's smallest feature map ({min_size} per axis); "
+                f"its spacing {np.round(spacing, 4).tolist()} mm (z, y, x) is implausible: fix its header or remove the case"
+            )

@@ -7,15 +7,19 @@ Output under `$AUTODETR_preprocessed/DatasetXXX_Name/`:
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 from autodetr.atomic_io import read_json, write_json
 from autodetr.errors import InputError
-from autodetr.paths import dataset_name_from_id, preprocessed_root, raw_root
-from autodetr.planners.fingerprint import extract_fingerprint
+from autodetr.locking import folder_lock
+from autodetr.paths import check_folder_name, dataset_name_from_id, inside, preprocessed_root, raw_root
+from autodetr.planners.fingerprint import check_cases_fit_plan, extract_fingerprint, planning_warnings
 from autodetr.planners.planner import PLANS_NAME, plan_experiment
 from autodetr.preprocessing.preprocess_dataset import preprocess_dataset
-from autodetr.preprocessing.raw_dataset import is_instance_form, list_cases, load_dataset_json, organ_classes
+from autodetr.preprocessing.raw_dataset import (
+    check_num_training, is_instance_form, list_cases, load_dataset_json, organ_classes,
+)
 from autodetr.preprocessing.splits import load_or_make_splits
 from autodetr.preprocessing.box_files import annotation_form, list_box_cases
 
@@ -35,7 +39,31 @@ def load_plans(dataset_name: str, plans_name: str = PLANS_NAME) -> dict:
     path = plans_folder(dataset_name, plans_name) / "plans.json"
     if not path.is_file():
         raise InputError(f"{path}: no plans; run autodetr_plan_and_preprocess -d {dataset_name} first")
-    return read_json(path)
+    return read_json(path, expected=dict)
+
+
+def _clear_folder(folder: Path, keep: set[str]) -> None:
+    """Delete everything in `folder` except the names in `keep` (`--clean` under the folder's lock)."""
+    for path in folder.iterdir():
+        if path.name in keep:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _cached_fingerprint(path: Path, case_ids: list[str]) -> dict | None:
+    """The fingerprint of an earlier run if it is of these cases and of this fingerprint version."""
+    if not path.is_file():
+        return None
+    try:
+        fingerprint = read_json(path, expected=dict)
+    except InputError as error:
+        raise InputError(f"{error}; or rerun with --clean to compute it again") from None
+    if fingerprint.get("case_ids") != case_ids or "planning_outliers" not in fingerprint:
+        return None
+    return fingerprint
 
 
 def plan_and_preprocess(
@@ -47,10 +75,15 @@ def plan_and_preprocess(
     clean: bool = False,
     **plan_options,
 ) -> Path:
-    """Run the whole first half of the pipeline for one dataset; returns the plans folder."""
+    """Run the whole first half of the pipeline for one dataset; returns the plans folder.
+
+    The plans folder is locked for the run (a second run on it is refused), the dataset is checked before
+    anything is written, and a case that would move the plan for everyone is refused or left out of the
+    planning with a warning (listed in `plans["warnings"]`)."""
     raw = raw_root()
     dataset_name = dataset_name_from_id(dataset, [raw])
-    raw_folder = raw / dataset_name
+    check_folder_name(plans_name, "plans")
+    raw_folder = inside(raw, dataset_name)
     if not raw_folder.is_dir():
         raise InputError(f"{raw_folder}: dataset folder missing")
     dataset_json = load_dataset_json(raw_folder)
@@ -60,31 +93,39 @@ def plan_and_preprocess(
     raw_cases = list_box_cases(raw_folder, dataset_json) if annotation == "boxes" else list_cases(raw_folder, dataset_json)
     if not raw_cases:
         raise InputError(f"{raw_folder / 'imagesTr'}: no training images ending in {dataset_json['file_ending']}")
+    check_num_training(raw_folder, dataset_json, len(raw_cases))
     case_ids = [c.case_id for c in raw_cases]
 
-    output = preprocessed_root() / dataset_name
+    output = inside(preprocessed_root(), dataset_name)
     folder = output / plans_name
-    if clean and folder.exists():
-        shutil.rmtree(folder)
-    fingerprint_file = output / "dataset_fingerprint.json"
-    fingerprint = read_json(fingerprint_file) if fingerprint_file.is_file() and not clean else None
-    if fingerprint is None or fingerprint.get("case_ids") != case_ids:
-        fingerprint = extract_fingerprint(raw_cases, classes, dataset_json, num_processes)
-        write_json(fingerprint_file, fingerprint)
-    write_json(output / "dataset.json", dataset_json)
-
-    plans = plan_experiment(
-        fingerprint, dataset_json, classes, dataset_name, preset=preset or default_preset(),
+    with folder_lock(folder, "autodetr_plan_and_preprocess") as lock:
+        if clean:
+            _clear_folder(folder, {lock.name})
+        fingerprint_file = output / "dataset_fingerprint.json"
+        fingerprint = None if clean else _cached_fingerprint(fingerprint_file, case_ids)
+        if fingerprint is None:
+            fingerprint = extract_fingerprint(raw_cases, classes, dataset_json, num_processes)
+        plans = plan_experiment(
+            fingerprint, dataset_json, classes, dataset_name, preset=preset or default_preset(),
         box_annotations=annotation == "boxes", **plan_options
-    )
-    plans["plans_name"] = plans_name
-    plans_file = folder / "plans.json"
-    if plans_file.is_file() and read_json(plans_file) != plans:
-        # a different plan invalidates the preprocessed cases
-        for stale in list(folder.glob("*.npz")) + [p for p in folder.glob("*.json") if p.name != "plans.json"]:
-            stale.unlink()
-    write_json(plans_file, plans)
-    if preprocess:
-        preprocess_dataset(raw_cases, classes, plans, folder, num_processes)
-    load_or_make_splits(output / "splits_final.json", case_ids)
+        )
+        plans["plans_name"] = plans_name
+        notes = planning_warnings(fingerprint, raw_cases)
+        if notes:
+            plans["warnings"] = notes
+            for note in notes:
+                warnings.warn(note, stacklevel=2)
+        check_cases_fit_plan(fingerprint, raw_cases, plans)
+        write_json(fingerprint_file, fingerprint)
+        write_json(output / "dataset.json", dataset_json)
+        plans_file = folder / "plans.json"
+        if plans_file.is_file() and read_json(plans_file) != plans:
+            # a different plan invalidates the preprocessed cases
+            for stale in list(folder.glob("*.npz")) + [p for p in folder.glob("*.json") if p.name != "plans.json"]:
+                stale.unlink()
+        write_json(plans_file, plans)
+        if preprocess:
+            preprocess_dataset(raw_cases, classes, plans, folder, num_processes)
+        load_or_make_splits(output / "splits_final.json", case_ids)
     return folder
+

@@ -435,8 +435,12 @@ def find_ground_truth(
     return files, classes, notes
 
 
-def read_ground_truth_case(path: str | os.PathLike, classes: DatasetClasses) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], list[str]]:
+def read_ground_truth_case(path: str | os.PathLike, classes: DatasetClasses, declared: Sequence[int] | None = None
+                           ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], list[str]]:
     """Boxes of one label file: `(boxes [G, 6], label_values [G], image shape, notes)`.
+
+    `declared`: every label value of dataset.json (default: those of `classes`); a value of the label map
+    outside it is refused, so a typo in the labels cannot silently drop ground truth.
 
     Semantic form: one box per label value of `classes` present. nnDetection instance form (a
     `<case>.json` with "instances" beside the label file): one box per instance, its class from the JSON."""
@@ -466,7 +470,12 @@ def read_ground_truth_case(path: str | os.PathLike, classes: DatasetClasses) -> 
             raise InputError(f"{instance_json}: cannot read instance JSON ({error})") from error
     if instances is None:
         boxes, values = boxes_from_label_map(label_map, values=classes.values)
-        unknown = np.setdiff1d(np.unique(label_map), [0] + classes.values)
+        present = np.unique(label_map)
+        undeclared = np.setdiff1d(present, [0] + list(classes.values if declared is None else declared))
+        if undeclared.size:
+            raise InputError(f"{path}: label values {undeclared.tolist()} are not declared in "
+                             f"{classes.source or 'dataset.json'}")
+        unknown = np.setdiff1d(present, [0] + classes.values)
         if unknown.size:
             notes.append(f"{path.name}: label values {unknown.tolist()} are not evaluated classes, ignored")
         return boxes, values, label_map.shape, notes
@@ -593,6 +602,7 @@ def _evaluate_prediction_files(
     source: str,
 ) -> dict:
     label_files, dataset_classes, notes = find_ground_truth(gt, list(predictions), dataset_json)
+    declared = list(dataset_classes.values)
     dataset_classes = dataset_classes.restrict(classes)
     predicted = set(predictions)
     without_gt = sorted(predicted - set(label_files))
@@ -618,7 +628,7 @@ def _evaluate_prediction_files(
     name_to_value = {name: value for value, name in dataset_classes.names.items()}
     cases = []
     for case in evaluated:
-        gt_boxes, gt_labels, shape, case_notes = read_ground_truth_case(label_files[case], dataset_classes)
+        gt_boxes, gt_labels, shape, case_notes = read_ground_truth_case(label_files[case], dataset_classes, declared)
         warnings.extend(case_notes)
         if case in predictions:
             content = load_prediction(predictions[case])

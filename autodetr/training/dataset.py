@@ -19,8 +19,9 @@ from typing import Sequence
 import numpy as np
 from batchgenerators.dataloading.data_loader import DataLoader
 
-from autodetr.atomic_io import read_json
+from autodetr.atomic_io import NPZ_ERRORS, read_json
 from autodetr.errors import InputError
+from autodetr.preprocessing.identity import check_cases_match_plans
 
 #: Original array axis of the image x axis (arrays are (z, y, x)).
 ORIGINAL_X_AXIS = 2
@@ -54,7 +55,8 @@ class CaseFiles:
 
 
 def case_files(folder: Path, case_ids: Sequence[str]) -> list[CaseFiles]:
-    """The npz and JSON of every case id; InputError naming the first missing file."""
+    """The npz and JSON of every case id; InputError naming the first missing file, or the first npz made
+    with another plan than `folder/plans.json` (see `autodetr.preprocessing.identity`)."""
     folder = Path(folder)
     files = []
     for case_id in case_ids:
@@ -63,6 +65,7 @@ def case_files(folder: Path, case_ids: Sequence[str]) -> list[CaseFiles]:
             if not path.is_file():
                 raise InputError(f"{path}: preprocessed case missing; run autodetr_plan_and_preprocess again")
         files.append(entry)
+    check_cases_match_plans(folder, [entry.npz for entry in files])
     return files
 
 
@@ -76,8 +79,9 @@ def load_case(path: Path) -> dict[str, np.ndarray]:
                 "boxes": content["boxes"].astype(np.float32, copy=False).reshape(-1, 6),
                 "classes": content["classes"].astype(np.int64, copy=False).reshape(-1),
             }
-    except (OSError, KeyError, ValueError) as error:
-        raise InputError(f"{path}: cannot read preprocessed case ({error}); rerun autodetr_plan_and_preprocess") from error
+    except NPZ_ERRORS as error:  # a truncated file: BadZipFile, EOFError, zlib.error, ...
+        raise InputError(f"{path}: cannot read preprocessed case ({type(error).__name__}: {error}); "
+                         "rerun autodetr_plan_and_preprocess") from None
 
 
 def pad_to_input(image: np.ndarray, seg: np.ndarray | None, input_size: Sequence[int], source: object = "case") -> tuple[np.ndarray, np.ndarray | None]:
@@ -101,7 +105,7 @@ def case_left_right_axes(files: Sequence[CaseFiles], transpose_forward: Sequence
         direction = None
         try:
             direction = read_json(entry.restore_json)["restore"]["geometry"]["direction"]
-        except (KeyError, TypeError, ValueError, OSError):
+        except (KeyError, TypeError, ValueError, OSError, InputError):
             direction = None
         axes[entry.case_id] = left_right_axis(transpose_forward, direction)
     return axes
