@@ -30,6 +30,15 @@ Objectives (`OBJECTIVES`):
   `autodetr.model.drmm_head` for why the free class head collapses on organ data.
   Inference: `drmm_select_detections` (score p_kc * o_k, the best query per class; no NMS).
 
+Queries (`plans["network"]["queries"]`): `"class_anchored"` (the planner's default) or `"learned"`
+(the paper's configuration: N learned queries over all classes, global matching; also what a plan
+without the key means, so older folds load). Class-anchored queries (`autodetr.model.anchors`) come in
+class groups whose reference boxes start at the organ atlas (`plans["atlas"]`, the fold's training
+cases); dqm / hungarian then use the `GroupedDETRHead` (one "class c or nothing" score per query) and
+the grouped matching and loss of `autodetr.losses.grouped`; drmm uses its class groups on the same
+anchors. The untrained detector predicts exactly the atlas prior (median box per class, score = class
+frequency): the decoder's box refinement and the score layers start at zero.
+
 `detect(outputs, objective)` gives the same list-of-dicts for every objective, `to_original_voxels` maps
 its boxes to the original image, and `load_trained_detector(fold_folder)` rebuilds a trained fold
 (plans.json + arguments.json + checkpoint).
@@ -46,7 +55,7 @@ from torch import nn
 from autodetr.errors import InputError
 
 __all__ = [
-    "OBJECTIVES", "CHECKPOINT_PREFERENCE", "DRMMDecoderHead", "DRMMCriterion", "build_detector",
+    "OBJECTIVES", "QUERY_KINDS", "CHECKPOINT_PREFERENCE", "query_kind", "plan_atlas", "initial_score_logits", "DRMMDecoderHead", "DRMMCriterion", "build_detector",
     "build_criterion", "detect", "to_original_voxels", "load_trained_detector", "find_checkpoint",
 ]
 
@@ -90,16 +99,67 @@ def _zero_location_rows(gradient: torch.Tensor) -> torch.Tensor:
     return gradient
 
 
+QUERY_KINDS = ("class_anchored", "learned")
+#: Score logit of the non-median queries of a group below the median query's (untrained detector).
+SPREAD_SLOT_LOGIT_OFFSET = 2.0
+
+
+def query_kind(plans: dict[str, Any]) -> str:
+    """`plans["network"]["queries"]`; "learned" for plans written before the key existed."""
+    kind = str(plans["network"].get("queries", "learned"))
+    if kind not in QUERY_KINDS:
+        raise InputError(f"network.queries '{kind}': choose one of {', '.join(QUERY_KINDS)}")
+    return kind
+
+
+def plan_atlas(plans: dict[str, Any]):
+    """The organ atlas of the plan (`plans["atlas"]`), or the uninformed one when the plan has none."""
+    from autodetr.planners.atlas import OrganAtlas
+
+    num_classes = len(plans["classes"])
+    if "atlas" in plans:
+        atlas = OrganAtlas.from_json(plans["atlas"])
+        if atlas.num_classes != num_classes:
+            raise InputError(f"plans atlas has {atlas.num_classes} classes, the plan {num_classes}")
+        return atlas
+    return OrganAtlas.uninformed(num_classes)
+
+
+def initial_score_logits(atlas, num_queries: int) -> torch.Tensor:
+    """`[N]` untrained score logits: the atlas prior's score (`planners.atlas.prior_scores`) for a group's
+    median query, lower by `SPREAD_SLOT_LOGIT_OFFSET` for the rest, so the untrained detector is the atlas
+    prior: the median box of every class with the prior's score."""
+    from autodetr.planners.atlas import prior_scores
+
+    score = torch.as_tensor(prior_scores(atlas.frequency), dtype=torch.float64)
+    logits = torch.log(score / (1 - score)).float()
+    queries = torch.arange(num_queries)
+    slot_offset = torch.where(queries < atlas.num_classes, 0.0, -SPREAD_SLOT_LOGIT_OFFSET)
+    return logits[queries % atlas.num_classes] + slot_offset
+
+
 def build_detector(plans: dict[str, Any], objective: str = "dqm") -> nn.Module:
     """The Organ-DETR network of `plans` with the head of `objective` (see the module docstring)."""
     from autodetr.model import build_model
+    from autodetr.model.heads import GroupedDETRHead
 
     check_objective(objective)
+    anchored = query_kind(plans) == "class_anchored"
+    network = plans["network"]
+    num_queries = int(network["num_queries"])
+    anchors = None
+    if anchored:
+        from autodetr.model.anchors import anchor_boxes, query_classes
+
+        atlas = plan_atlas(plans)
+        if num_queries < atlas.num_classes:
+            raise InputError(f"class-anchored queries need at least one query per class: {num_queries} queries for "
+                             f"{atlas.num_classes} classes; raise matching.rho or set network.queries=learned")
+        anchors = anchor_boxes(atlas, num_queries)
     if objective == "drmm":
-        network = plans["network"]
         num_classes = len(plans["classes"])
         drmm = network.get("drmm", {})  # plans written before these keys existed: the paper's head
-        class_groups = bool(drmm.get("class_groups", False))
+        class_groups = bool(drmm.get("class_groups", False)) or anchored
         if class_groups and int(network["num_queries"]) < num_classes:
             raise InputError(
                 f"D-RMM class groups need at least one query per class: {network['num_queries']} queries for "
@@ -109,7 +169,11 @@ def build_detector(plans: dict[str, Any], objective: str = "dqm") -> nn.Module:
             int(network["hidden_dim"]), num_classes, int(network["decoder"]["layers"]), class_groups,
             float(drmm.get("scale_floor", 0.04)),
         )
-        return build_model(plans, head=head)
+        return build_model(plans, head=head, anchors=anchors)
+    if anchored:
+        head = GroupedDETRHead(int(network["hidden_dim"]), int(network["decoder"]["layers"]),
+                               query_classes(num_queries, atlas.num_classes), initial_score_logits(atlas, num_queries))
+        return build_model(plans, head=head, anchors=anchors)
     return build_model(plans)
 
 
@@ -153,6 +217,10 @@ def build_criterion(plans: dict[str, Any], objective: str = "dqm") -> nn.Module:
     check_objective(objective)
     if objective == "drmm":
         return DRMMCriterion(plans)
+    if query_kind(plans) == "class_anchored":
+        from autodetr.losses.grouped import GroupedSetCriterion
+
+        return GroupedSetCriterion(plans, matcher=objective)
     from autodetr.losses.criterion import SetCriterion
 
     return SetCriterion(plans, matcher=objective)
@@ -171,6 +239,10 @@ def detect(outputs: dict[str, Any], objective: str = "dqm", max_per_class: int =
         if "drmm" not in outputs:
             raise ValueError("detect(objective='drmm') needs the D-RMM head output under outputs['drmm']")
         selected = drmm_select_detections(outputs["drmm"], max_per_class=max_per_class)
+    elif "pred_objectness" in outputs:
+        from autodetr.losses.grouped import select_grouped_detections
+
+        selected = select_grouped_detections(outputs, max_per_class=max_per_class)
     else:
         from autodetr.model.postprocess import select_detections
 

@@ -117,10 +117,10 @@ def profile_stages(model: Path, image: Path, folds: list[str], device: str) -> d
     from autodetr.inference.predict_api import pad_to_input
 
     padded = pad_to_input(prepared.image, predictor.input_size)
-    predictor._forward(predictor.members[0], padded)  # warm-up
+    predictor._forward(predictor.members[0], padded, prepared.image.shape[1:])  # warm-up
     start = time.perf_counter()
     for member in predictor.members:
-        predictor._forward(member, padded)
+        predictor._forward(member, padded, prepared.image.shape[1:])
     stages["forward_per_fold_s"] = (time.perf_counter() - start) / len(predictor.members)
     start = time.perf_counter()
     predictor.predict_case(prepared)

@@ -257,14 +257,17 @@ class EnsemblePredictor:
         self.label_values = {int(c["index"]): int(c["label_value"]) for c in self.plans["classes"]}
         self.num_channels = int(self.plans.get("network", {}).get("in_channels", len(self.plans.get("channel_names", {"0": 0}))))
 
-    def _forward(self, member: Member, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _forward(self, member: Member, image: np.ndarray, valid_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Detections of one padded input; `valid_shape` is the case's unpadded shape."""
         import torch
 
         from autodetr.detector import detect
+        from autodetr.model.anchors import valid_boxes_from_shapes
 
         tensor = torch.from_numpy(np.ascontiguousarray(image)[None]).to(self.device)
+        valid_boxes = valid_boxes_from_shapes([list(valid_shape)], self.input_size, self.device)
         with torch.inference_mode():
-            outputs = member.model(tensor)
+            outputs = member.model(tensor, valid_boxes=valid_boxes)
             result = detect(outputs, member.objective, max_per_class=self.max_per_class)[0]
         return result["boxes"].numpy(), result["scores"].numpy(), result["labels"].numpy()
 
@@ -279,7 +282,7 @@ class EnsemblePredictor:
             flipped = np.flip(image, axis=[a + 1 for a in variant.axes]) if variant.axes else image
             padded = pad_to_input(flipped, self.input_size)
             for member in self.members:
-                boxes, scores, labels = self._forward(member, padded)
+                boxes, scores, labels = self._forward(member, padded, shape)
                 boxes = clip_boxes(denormalise_centre(boxes, self.input_size), shape)
                 if variant.axes:
                     boxes = mirror_boxes(boxes, variant.axes, shape)

@@ -12,8 +12,9 @@ the planner chose what it chose. Decisions, in order:
 4. Topology: nnU-Net's `get_pool_and_conv_props` gives strides per level for the planned spacing and input
    size (and pads the input size to a multiple of the total stride). The CPU preset moves the first
    downsampling into the stem, which makes a CPU iteration about ten times cheaper.
-5. Queries N = rho * M (M: the most organs in a case), DQM duplicates eta = ceil(lambda * rho) clipped to
-   [1, 5] (Organ-DETR Eq. 5; paper: rho 10, lambda 0.2).
+5. Queries: class-anchored, rho per class (N = rho * C), starting at the organ atlas (`atlas.py`; the
+   paper's N = rho * M learned queries with `network.queries=learned`); DQM duplicates
+   eta = ceil(lambda * rho) clipped to [1, 5] (Organ-DETR Eq. 5; paper: rho 10, lambda 0.2).
 6. Loss weights of Organ-DETR Eq. 8 (2 / 5 / 2) and the Hungarian cost weights of Deformable DETR; a
    dataset annotated with boxes only (box files) has no organ masks, so its segmentation weight is 0.
 """
@@ -75,9 +76,20 @@ PRESETS: dict[str, dict] = {
     },
 }
 MIN_FEATURE_MAP_SIZE = 4
+#: Query design: "class_anchored" (rho queries per class at the organ atlas) or "learned" (the paper's).
+QUERIES_DEFAULT = "class_anchored"
 DEFAULT_RHO = 10
 DEFAULT_LAMBDA = 0.2
 LATERAL_SUFFIXES = (("_left", "_right"), ("left_", "right_"))
+
+
+def query_count(kind: str, rho: float, most_organs: int, num_classes: int) -> int:
+    """N = rho * C for class-anchored queries (rho per class), N = rho * M for learned queries (Organ-DETR)."""
+    if kind == "class_anchored":
+        return int(math.ceil(rho)) * max(1, num_classes)
+    if kind == "learned":
+        return int(math.ceil(rho * most_organs))
+    raise InputError(f"network.queries '{kind}': choose class_anchored or learned")
 
 
 def base_target_spacing(fingerprint: dict) -> np.ndarray:
@@ -208,9 +220,14 @@ def plan_experiment(
 
     organs = fingerprint["detection"]["organs_per_case"]
     most_organs = max(1, int(organs["max"]))
-    num_queries = int(math.ceil(rho * most_organs))
+    num_queries = query_count(QUERIES_DEFAULT, rho, most_organs, len(classes))
     eta = int(min(5, max(1, math.ceil(matching_ratio * rho))))
-    decisions["num_queries"] = f"N = rho * M = {rho} * {most_organs} (M: most organs in a training case)"
+    decisions["queries"] = (
+        "class_anchored: rho queries per class, starting at the class's atlas box and spread over its observed "
+        "range; matching inside each class group (autodetr.model.anchors). 'learned' is the paper's configuration "
+        "(N = rho * M learned queries over all classes, global matching)"
+    )
+    decisions["num_queries"] = f"N = rho * C = {rho} * {len(classes)} (class-anchored: rho queries per class)"
     decisions["drmm"] = (
         "D-RMM class groups (query k serves class k mod C) when N >= C: a free class head lets one query "
         "explain several neighbouring organs (autodetr.model.drmm_head)"
@@ -247,6 +264,7 @@ def plan_experiment(
             "hidden_dim": budget["hidden_dim"],
             "msa": copy.deepcopy(budget["msa"]),
             "decoder": copy.deepcopy(budget["decoder"]),
+            "queries": QUERIES_DEFAULT,
             "num_queries": num_queries,
             "drmm": {"class_groups": num_queries >= len(classes), "scale_floor": 0.1},
         },
@@ -278,5 +296,9 @@ def plan_experiment(
     if any("matching.rho" == k or "matching.lambda" == k for k in (overrides or {})):
         matching = plans["matching"]
         matching["eta"] = int(min(5, max(1, math.ceil(matching["lambda"] * matching["rho"]))))
-        plans["network"]["num_queries"] = int(math.ceil(matching["rho"] * matching["M"]))
+    if any(k in ("matching.rho", "matching.lambda", "network.queries") for k in (overrides or {})):
+        matching = plans["matching"]
+        plans["network"]["num_queries"] = query_count(plans["network"]["queries"], matching["rho"], matching["M"], len(classes))
+        if plans["network"]["queries"] == "learned":
+            decisions["num_queries"] = f"N = rho * M = {matching['rho']} * {matching['M']} (M: most organs in a training case)"
     return plans

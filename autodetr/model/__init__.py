@@ -10,9 +10,10 @@ from .postprocess import select_detections
 from .testing import make_test_plans
 
 
-def build_model(plans: dict[str, Any], head: nn.Module | None = None) -> OrganDETR:
-    """The Organ-DETR network of a plan; `head` replaces the DETR class/box head (e.g. D-RMM)."""
-    return OrganDETR(plans, head=head)
+def build_model(plans: dict[str, Any], head: nn.Module | None = None, anchors=None) -> OrganDETR:
+    """The Organ-DETR network of a plan; `head` replaces the DETR class/box head (e.g. D-RMM); `anchors`
+    [N, 6] makes the queries class-anchored (`autodetr.model.anchors`)."""
+    return OrganDETR(plans, head=head, anchors=anchors)
 
 
 __all__ = ["OrganDETR", "build_model", "make_test_plans", "select_detections"]

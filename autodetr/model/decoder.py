@@ -5,8 +5,16 @@ uses boxes predicted from the query position (sigmoid(Linear(query_pos)), 6-d, s
 box-scaled sampling offsets of the 4-d reference variant); layer k > 0 uses the box refined by layer
 k - 1, DETACHED. Layer k refines its reference box r_k into b_k = sigmoid(inverse_sigmoid(r_k) +
 MLP_k(h_k)) with h_k the layer's output features.
+
+Class-anchored queries (`anchors` given; `autodetr.model.anchors`): the layer-0 reference boxes are the
+atlas anchors placed in each sample's valid region instead of a learned box, the query content is a
+learned embedding per query, and the query position is computed from the current reference box in
+every layer (a sine encoding of its six coordinates through an MLP, the idea of DAB-DETR, Liu et al.
+2022), so a query's position always says where its box is.
 """
 from __future__ import annotations
+
+import math
 
 from dataclasses import dataclass
 from typing import Sequence
@@ -16,7 +24,18 @@ from torch import nn
 
 from .deformable_attention import MultiScaleDeformableAttention3D
 from .dropout import FastDropout
+from .anchors import full_valid_boxes, place_anchors
 from .heads import MLP, inverse_sigmoid
+
+#: Sine frequencies per box coordinate of the anchored query position (2 x 6 x this features).
+BOX_ENCODING_FREQUENCIES = 8
+
+
+def box_sine_encoding(boxes: torch.Tensor, frequencies: int = BOX_ENCODING_FREQUENCIES) -> torch.Tensor:
+    """`[..., 6]` normalised boxes -> `[..., 12 * frequencies]` sin / cos features (periods 2 .. 2 / 2^(F-1))."""
+    scales = (2.0 ** torch.arange(frequencies, device=boxes.device, dtype=boxes.dtype)) * math.pi
+    angles = boxes[..., None] * scales
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
 
 
 @dataclass
@@ -56,27 +75,47 @@ class DeformableDecoderLayer(nn.Module):
 class DeformableDecoder(nn.Module):
     """N learned queries -> per-layer features, reference boxes and refined boxes (see `DecoderOutput`)."""
 
-    def __init__(self, dim: int, num_queries: int, layers: int, heads: int, levels: int, points: int, ffn_dim: int, dropout: float) -> None:
+    def __init__(self, dim: int, num_queries: int, layers: int, heads: int, levels: int, points: int, ffn_dim: int,
+                 dropout: float, anchors: torch.Tensor | None = None) -> None:
         super().__init__()
         self.dim = dim
-        self.query_embed = nn.Embedding(num_queries, 2 * dim)
-        self.initial_reference = nn.Linear(dim, 6)
+        self.anchored = anchors is not None
+        if self.anchored:
+            if anchors.shape != (num_queries, 6):
+                raise ValueError(f"anchors must be [{num_queries}, 6], got {list(anchors.shape)}")
+            self.register_buffer("anchors", anchors.float().clone())
+            self.query_content = nn.Embedding(num_queries, dim)
+            self.query_position = MLP(12 * BOX_ENCODING_FREQUENCIES, dim, dim, 2)
+        else:
+            self.query_embed = nn.Embedding(num_queries, 2 * dim)
+            self.initial_reference = nn.Linear(dim, 6)
+            nn.init.xavier_uniform_(self.initial_reference.weight)
+            nn.init.zeros_(self.initial_reference.bias)
         self.layers = nn.ModuleList(DeformableDecoderLayer(dim, heads, levels, points, ffn_dim, dropout) for _ in range(layers))
         self.box_refine = nn.ModuleList(MLP(dim, dim, 6, 3) for _ in range(layers))
-        nn.init.xavier_uniform_(self.initial_reference.weight)
-        nn.init.zeros_(self.initial_reference.bias)
         for mlp in self.box_refine:
             nn.init.zeros_(mlp.layers[-1].weight)
             nn.init.zeros_(mlp.layers[-1].bias)
 
-    def forward(self, values: Sequence[torch.Tensor], level_scales: torch.Tensor) -> DecoderOutput:
+    def forward(self, values: Sequence[torch.Tensor], level_scales: torch.Tensor,
+                valid_boxes: torch.Tensor | None = None) -> DecoderOutput:
+        """`valid_boxes` [B, 6]: each sample's unpadded region (normalised corners); anchored queries only."""
         batch = values[0].shape[0]
-        query_pos, tgt = self.query_embed.weight.split(self.dim, dim=-1)
-        query_pos = query_pos[None].expand(batch, -1, -1)
-        tgt = tgt[None].expand(batch, -1, -1)
-        reference = self.initial_reference(query_pos).sigmoid()
+        if self.anchored:
+            if valid_boxes is None:
+                valid_boxes = full_valid_boxes(batch, values[0].device)
+            tgt = self.query_content.weight[None].expand(batch, -1, -1)
+            reference = place_anchors(self.anchors, valid_boxes.to(values[0].dtype))
+            query_pos = None
+        else:
+            query_pos, tgt = self.query_embed.weight.split(self.dim, dim=-1)
+            query_pos = query_pos[None].expand(batch, -1, -1)
+            tgt = tgt[None].expand(batch, -1, -1)
+            reference = self.initial_reference(query_pos).sigmoid()
         features, references, refined = [], [], []
         for layer, refine in zip(self.layers, self.box_refine):
+            if self.anchored:
+                query_pos = self.query_position(box_sine_encoding(reference))
             tgt = layer(tgt, query_pos, reference, values, level_scales)
             boxes = (inverse_sigmoid(reference) + refine(tgt)).sigmoid()
             features.append(tgt)

@@ -46,6 +46,33 @@ class DETRHead(nn.Module):
         return {**per_layer[-1], "aux_outputs": per_layer[:-1]}
 
 
+class GroupedDETRHead(nn.Module):
+    """Score head of class-anchored queries: query k predicts "class c(k) or nothing" with one logit.
+
+    Output (merged into the model output): `pred_objectness` [B, N] logits (score = sigmoid, trained as
+    the IoU of the query's box with its ground truth: `autodetr.losses.grouped`), `pred_boxes` [B, N, 6],
+    `query_classes` [N] (1..C), and `aux_outputs` of the earlier layers. The score layers start at zero
+    weight, so the untrained score of query k is `sigmoid(initial_logits[k])` (a per-query learned bias
+    shared by all layers, initialised from the atlas: `autodetr.detector.initial_score_logits`).
+    """
+
+    def __init__(self, hidden_dim: int, num_layers: int, classes_of_queries: torch.Tensor, initial_logits: torch.Tensor) -> None:
+        super().__init__()
+        self.score_embed = nn.ModuleList(nn.Linear(hidden_dim, 1) for _ in range(num_layers))
+        for layer in self.score_embed:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        self.query_bias = nn.Parameter(initial_logits.float().clone())
+        self.register_buffer("query_classes", classes_of_queries.long().clone())
+
+    def forward(self, query_features: torch.Tensor, reference_boxes: torch.Tensor, refined_boxes: torch.Tensor) -> dict[str, Any]:
+        per_layer = [
+            {"pred_objectness": embed(features)[..., 0] + self.query_bias, "pred_boxes": boxes, "query_classes": self.query_classes}
+            for embed, features, boxes in zip(self.score_embed, query_features, refined_boxes)
+        ]
+        return {**per_layer[-1], "aux_outputs": per_layer[:-1]}
+
+
 class SegmentationHead(nn.Module):
     """Multiscale segmentation head (Sec. 3): a 1x1x1 conv per MSA level to C + 1 channels (training only)."""
 

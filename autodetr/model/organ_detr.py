@@ -12,6 +12,8 @@ decoder -> head. Built from a plans dict (`docs/architecture.md`).
   from, normalised centre form, BEFORE the layer's delta: layer k's box is
   sigmoid(inverse_sigmoid(r_k) + delta_k(h_k)). r_0 is learned from the query position embedding and
   carries gradient; r_k (k > 0) is layer k - 1's refined box, detached (Deformable DETR box refinement).
+With class-anchored queries (`anchors` [N, 6] from the organ atlas, `autodetr.model.anchors`) the decoder
+starts every query at its class's anchor inside the sample's valid region (`valid_boxes`).
 A replacement head (e.g. D-RMM) is passed as `head=`: a module called as
 `head(query_features, reference_boxes, refined_boxes) -> dict`, merged into the output.
 """
@@ -40,7 +42,7 @@ def level_scales(input_shape, level_shapes, strides, device=None) -> torch.Tenso
 class OrganDETR(nn.Module):
     """The full detector; see the module docstring for the output dict."""
 
-    def __init__(self, plans: dict[str, Any], head: nn.Module | None = None) -> None:
+    def __init__(self, plans: dict[str, Any], head: nn.Module | None = None, anchors: torch.Tensor | None = None) -> None:
         super().__init__()
         network = plans["network"]
         num_classes = len(plans["classes"])
@@ -56,17 +58,20 @@ class OrganDETR(nn.Module):
         self.segmentation_head = SegmentationHead(hidden, num_classes, levels)
         self.decoder = DeformableDecoder(
             hidden, int(network["num_queries"]), int(dec["layers"]), int(dec["heads"]), levels,
-            int(dec["points"]), int(dec.get("ffn_dim", 4 * hidden)), float(dec.get("dropout", 0.0)),
+            int(dec["points"]), int(dec.get("ffn_dim", 4 * hidden)), float(dec.get("dropout", 0.0)), anchors=anchors,
         )
         self.head = head if head is not None else DETRHead(hidden, num_classes, int(dec["layers"]))
 
-    def forward(self, images: torch.Tensor, with_segmentation: bool | None = None) -> dict[str, Any]:
+    def forward(self, images: torch.Tensor, with_segmentation: bool | None = None,
+                valid_boxes: torch.Tensor | None = None) -> dict[str, Any]:
+        """`valid_boxes` [B, 6]: each sample's unpadded region as normalised corners (class-anchored
+        queries place their anchors in it; None: the whole input)."""
         input_shape = tuple(images.shape[2:])
         features = self.backbone(images)
         strides = self.backbone.strides
         encoded = self.encoder(features, strides, input_shape)
         scales = level_scales(input_shape, [tuple(f.shape[2:]) for f in encoded], strides, images.device)
-        decoded = self.decoder(encoded, scales)
+        decoded = self.decoder(encoded, scales, valid_boxes)
         outputs: dict[str, Any] = dict(self.head(decoded.features, decoded.reference_boxes, decoded.refined_boxes))
         if with_segmentation is None:
             with_segmentation = self.training

@@ -87,21 +87,46 @@ class SpatialTransformPerSample(AbstractTransform):
 
     def __call__(self, **batch: Any) -> dict:
         data, seg = batch["data"], batch.get("seg")
+        valid = batch.get("valid_boxes")
         out_data = np.empty((data.shape[0], data.shape[1], *self.patch_size), dtype=np.float32)
         out_seg = None if seg is None else np.empty((seg.shape[0], seg.shape[1], *self.patch_size), dtype=np.float32)
         for sample in range(data.shape[0]):
+            sample_seg = None if seg is None else seg[sample:sample + 1]
+            if valid is not None:  # the valid (unpadded) region travels as an extra label channel
+                mask = box_mask(valid[sample], data.shape[2:])[None, None]
+                sample_seg = mask if sample_seg is None else np.concatenate([sample_seg, mask.astype(sample_seg.dtype)], axis=1)
             sample_data, sample_seg = augment_spatial(
-                data[sample:sample + 1], None if seg is None else seg[sample:sample + 1], self.patch_size,
+                data[sample:sample + 1], sample_seg, self.patch_size,
                 border_mode_data="constant", border_cval_data=float(data[sample].min()),
                 border_mode_seg="constant", border_cval_seg=0, order_seg=0, random_crop=False, **self.options,
             )
             out_data[sample] = sample_data[0]
+            if valid is not None:
+                valid[sample] = mask_box(sample_seg[0, -1], valid[sample])
+                sample_seg = sample_seg[:, :-1]
             if out_seg is not None:
                 out_seg[sample] = sample_seg[0]
         batch["data"] = out_data
         if out_seg is not None:
             batch["seg"] = out_seg
         return batch
+
+
+def box_mask(box: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """float32 mask of `shape`, 1 inside the voxel corner box."""
+    mask = np.zeros(tuple(int(s) for s in shape), dtype=np.float32)
+    low = np.floor(np.asarray(box[:3])).astype(int)
+    high = np.ceil(np.asarray(box[3:])).astype(int)
+    mask[low[0]:high[0], low[1]:high[1], low[2]:high[2]] = 1
+    return mask
+
+
+def mask_box(mask: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Voxel corner box of the non-zero voxels of `mask` (`fallback` if it is empty)."""
+    found = np.nonzero(np.asarray(mask) > 0.5)
+    if not found[0].size:
+        return np.asarray(fallback)
+    return np.asarray([a.min() for a in found] + [a.max() + 1 for a in found], dtype=np.float64)
 
 
 def swap_table(lateral_pairs: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
@@ -139,13 +164,19 @@ class LateralMirrorTransform(AbstractTransform):
                 labels = np.rint(flipped).astype(np.int64)
                 seg[sample] = self.table[np.clip(labels, 0, len(self.table) - 1)].astype(seg.dtype)
             mirrored[sample] = True
+            if batch.get("valid_boxes") is not None:
+                box = batch["valid_boxes"][sample]
+                size = data.shape[2 + axis]
+                box[axis], box[axis + 3] = size - box[axis + 3], size - box[axis]
         batch["mirrored"] = mirrored
         return batch
 
 
 class DetectionTargetsTransform(AbstractTransform):
     """Label map -> `seg [B, D, H, W]` int16 class indices, `target_boxes` (list of float32 [G, 6]
-    normalised centre boxes relative to `input_size`) and `target_labels` (list of int64 [G] in 1..C)."""
+    normalised centre boxes relative to `input_size`) and `target_labels` (list of int64 [G] in 1..C);
+    `valid_boxes` (voxel corners of each sample's unpadded region, moved by the spatial transform and the
+    mirror) become normalised corners `[B, 6]`."""
 
     def __init__(self, input_size: Sequence[int], num_classes: int) -> None:
         self.input_size = tuple(int(s) for s in input_size)
@@ -161,6 +192,9 @@ class DetectionTargetsTransform(AbstractTransform):
             boxes.append(normalise_corners(corners, self.input_size).astype(np.float32).reshape(-1, 6))
             labels.append(values.astype(np.int64))
         batch["seg"] = seg
+        if batch.get("valid_boxes") is not None:
+            batch["valid_boxes"] = (np.asarray(batch["valid_boxes"], dtype=np.float64)
+                                    / np.asarray(self.input_size * 2, dtype=np.float64)).astype(np.float32)
         batch["target_boxes"] = boxes
         batch["target_labels"] = labels
         return batch

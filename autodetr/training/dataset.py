@@ -84,6 +84,15 @@ def load_case(path: Path) -> dict[str, np.ndarray]:
                          "rerun autodetr_plan_and_preprocess") from None
 
 
+def load_case_boxes(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """`boxes [G, 6]` and `classes [G]` of one npz, without decompressing its image."""
+    try:
+        with np.load(path, allow_pickle=False) as content:
+            return (content["boxes"].astype(np.float64).reshape(-1, 6), content["classes"].astype(np.int64).reshape(-1))
+    except (OSError, KeyError, ValueError) as error:
+        raise InputError(f"{path}: cannot read preprocessed case ({error}); rerun autodetr_plan_and_preprocess") from error
+
+
 def pad_to_input(image: np.ndarray, seg: np.ndarray | None, input_size: Sequence[int], source: object = "case") -> tuple[np.ndarray, np.ndarray | None]:
     """Pad `image [C, D, H, W]` (with its minimum) and `seg [D, H, W]` (with 0) at the high end of each
     axis to `input_size` (the network input; normalised boxes are relative to it)."""
@@ -115,7 +124,8 @@ class DetectionDataLoader(DataLoader):
     """Batches of whole, padded cases for iterations `[start, stop)` of one epoch (see the module docstring).
 
     A batch is a dict: `data [B, C, D, H, W]` float32, `seg [B, 1, D, H, W]` int16, `keys` (case ids),
-    `lr_axis [B]` (the left-right axis of each case's preprocessed array) and `iteration`.
+    `lr_axis [B]` (the left-right axis of each case's preprocessed array), `valid_boxes [B, 6]` (voxel corners
+of each case's unpadded region) and `iteration`.
     """
 
     def __init__(
@@ -155,10 +165,11 @@ class DetectionDataLoader(DataLoader):
         random.seed(int(seeds[0]) << 32 | int(seeds[1]))  # batchgenerators' noise variance uses `random`
         replace = len(self.files) < self.batch_size
         chosen = np.random.choice(len(self.files), self.batch_size, replace=replace)
-        images, segs, keys, axes = [], [], [], []
+        images, segs, keys, axes, valid = [], [], [], [], []
         for index in chosen:
             entry = self.files[int(index)]
             case = load_case(entry.npz)
+            valid.append([0, 0, 0, *case["image"].shape[1:]])
             image, seg = pad_to_input(case["image"], case["seg"], self.input_size, entry.npz)
             images.append(image)
             segs.append(seg[None])
@@ -169,5 +180,6 @@ class DetectionDataLoader(DataLoader):
             "seg": np.stack(segs),
             "keys": keys,
             "lr_axis": np.asarray(axes, dtype=np.int64),
+            "valid_boxes": np.asarray(valid, dtype=np.float64),
             "iteration": iteration,
         }

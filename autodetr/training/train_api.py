@@ -149,6 +149,9 @@ def train(
     if max_minutes is not None and max_minutes <= 0:
         raise InputError(f"--max-minutes must be positive, got {max_minutes}")
 
+    if not (resume and "atlas" in base and base.get("atlas", {}).get("fold") == str(fold_value)):
+        plans["atlas"] = fold_atlas(plans_dir, train_cases, len(plans["classes"]), fold_value)
+
     info = distributed_from_environment()
     device_name = device or default_device()
     if device_name not in ("cpu", "cuda") and not device_name.startswith("cuda:"):
@@ -191,6 +194,16 @@ def train(
         return Trainer(plans, setup).run()
     finally:
         cleanup_distributed()
+
+
+def fold_atlas(plans_dir: Path, train_cases: Sequence[str], num_classes: int, fold: int | str) -> dict:
+    """The organ atlas of a fold's training cases only (no validation case informs its own prior), as
+    JSON for `plans["atlas"]`: the class-anchored queries start at it and checkpoints carry it."""
+    from autodetr.planners.atlas import atlas_from_preprocessed
+
+    atlas = atlas_from_preprocessed(plans_dir, train_cases, num_classes,
+                                    source=f"fold {fold}: its {len(train_cases)} training cases, computed at training start")
+    return {**atlas.to_json(), "fold": str(fold)}
 
 
 def _resolve_dataset(dataset: str | int) -> str:

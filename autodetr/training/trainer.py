@@ -39,6 +39,7 @@ from torch import nn
 from autodetr.atomic_io import read_json
 from autodetr.detector import build_criterion, build_detector, detect, to_original_voxels
 from autodetr.errors import InputError
+from autodetr.model.anchors import valid_boxes_from_shapes
 from autodetr.training.augmentation import training_transforms
 from autodetr.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from autodetr.training.dataset import (
@@ -345,22 +346,24 @@ class Trainer:
             raise KeyboardInterrupt
         return augmenter
 
-    def _to_device(self, batch: dict) -> tuple[torch.Tensor, list[dict], torch.Tensor]:
+    def _to_device(self, batch: dict) -> tuple[torch.Tensor, list[dict], torch.Tensor, torch.Tensor | None]:
         images = torch.from_numpy(np.ascontiguousarray(batch["data"], dtype=np.float32)).to(self.device, non_blocking=True)
+        valid = batch.get("valid_boxes")
+        valid_boxes = None if valid is None else torch.from_numpy(np.asarray(valid, dtype=np.float32)).to(self.device)
         seg = torch.from_numpy(np.asarray(batch["seg"], dtype=np.int64)).to(self.device, non_blocking=True)
         targets = [
             {"labels": torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device),
              "boxes": torch.from_numpy(np.asarray(boxes, dtype=np.float32).reshape(-1, 6)).to(self.device)}
             for boxes, labels in zip(batch["target_boxes"], batch["target_labels"])
         ]
-        return images, targets, seg
+        return images, targets, seg, valid_boxes
 
     def _train_step(self, batch: dict, epoch: int, iteration: int) -> tuple[float, dict[str, float]]:
         torch.manual_seed(int(batch_seed(self.setup.seed, self.dist.rank, epoch, iteration)[0]))
-        images, targets, seg = self._to_device(batch)
+        images, targets, seg, valid_boxes = self._to_device(batch)
         self.model.train()
         with self._autocast():
-            outputs = self.model(images)
+            outputs = self.model(images, valid_boxes=valid_boxes)
         loss, components = self.criterion(outputs, targets, seg)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -441,6 +444,7 @@ class Trainer:
         self.start_time = time.monotonic()
         if self.is_main and not self.setup.resume:
             self._write_header()
+            self._log_atlas_prior()
         augmenter = None
         stop = False
         try:
@@ -555,9 +559,10 @@ class Trainer:
         case = load_case(files.npz)
         restore = RestoreInfo.from_json(read_json(files.restore_json)["restore"])
         image, _ = pad_to_input(case["image"], None, self.input_size, files.npz)
+        valid_boxes = valid_boxes_from_shapes([case["image"].shape[1:]], self.input_size, self.device)
         self.network.eval()
         with self._autocast():
-            outputs = self.network(torch.from_numpy(image[None]).to(self.device))
+            outputs = self.network(torch.from_numpy(image[None]).to(self.device), valid_boxes=valid_boxes)
         found = detect(outputs, self.setup.objective, max_per_class=1)[0]
         original = to_original_voxels(found["boxes"], self.input_size, restore)
         labels = [self.label_value[int(c)] for c in found["labels"].numpy()]
@@ -566,6 +571,36 @@ class Trainer:
         return {"case": files.case_id, "boxes": original, "scores": found["scores"].numpy().astype(np.float64),
                 "labels": np.asarray(labels, dtype=np.int64), "gt_boxes": gt, "gt_labels": np.asarray(gt_labels, dtype=np.int64),
                 "restore": restore}
+
+    def atlas_prior_metrics(self) -> dict:
+        """Validation metrics of the atlas prior (`autodetr.planners.atlas.prior_detections`: every class's
+        median box, not looking at the image) on this fold's validation cases: the baseline of the fold."""
+        from autodetr.evaluation.api import CaseResult, evaluate_cases
+        from autodetr.planners.atlas import OrganAtlas, prior_detections
+        from autodetr.preprocessing.restore import RestoreInfo
+        from autodetr.boxes import clip_boxes
+        from autodetr.training.dataset import load_case_boxes
+
+        atlas = OrganAtlas.from_json(self.plans["atlas"])
+        cases = []
+        for files in self.val_files:
+            restore = RestoreInfo.from_json(read_json(files.restore_json)["restore"])
+            corners, scores, labels = prior_detections(atlas, restore.preprocessed_shape)
+            boxes = clip_boxes(restore.preprocessed_to_original(corners), restore.geometry.shape_zyx)
+            gt_boxes, gt_classes = load_case_boxes(files.npz)
+            gt = restore.preprocessed_to_original(gt_boxes) if len(gt_boxes) else np.zeros((0, 6))
+            cases.append(CaseResult(files.case_id, gt, np.asarray([self.label_value[int(c)] for c in gt_classes], dtype=np.int64),
+                                    boxes, scores, np.asarray([self.label_value[int(c)] for c in labels], dtype=np.int64)))
+        return evaluate_cases(cases, class_names=self.class_names)
+
+    def _log_atlas_prior(self) -> None:
+        if not (self.is_main and self.val_files and "atlas" in self.plans):
+            return
+        metrics = self.atlas_prior_metrics()
+        entry = {key: _number(metrics.get(key)) for key in ("mAP", "AP50", "AP75", "mAR", "ECE")}
+        self.history["atlas_prior"] = entry
+        self.log("atlas prior (median box per class from this fold's training cases, image not looked at) on the "
+                 "validation cases: " + " ".join(f"{k} {v:.4f}" for k, v in entry.items()))
 
     def _validate(self, epoch: int, final: bool, train_seconds: float) -> dict:
         from autodetr.evaluation.api import CaseResult, evaluate_cases, write_metrics, write_prediction

@@ -1,0 +1,69 @@
+"""Class-anchored queries: the decoder's queries come in class groups whose reference boxes start at the
+organ atlas (`autodetr.planners.atlas`).
+
+The idea is Focused Decoder's (Wittmann et al., 2023: queries tied to an organ's atlas region), combined
+with Organ-DETR's dense query matching (Eq. 5) inside each group:
+
+- Layout: query k serves class `k mod C` + 1 (interleaved, the same rule as D-RMM's class groups), so
+  group c holds queries `c - 1, c - 1 + C, ...`, rho of them; slot j = k // C.
+- Anchors (relative to the case's valid, i.e. unpadded, region): slot 0 is the class's median box;
+  slots 1..rho-1 spread over its observed range (5th..95th percentile of each centre and size
+  coordinate) on a Halton sequence (scipy.stats.qmc), so each group covers where its organ occurs.
+- A case is padded at the high end to the input size, so an anchor is placed in each case's valid
+  region (Deformable DETR's valid ratios, generalised to a valid box that augmentation may move):
+  `box = valid_low + anchor * valid_size` per centre coordinate, `size * valid_size` per size.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.stats import qmc
+
+from autodetr.planners.atlas import OrganAtlas
+
+#: Offset of the Halton sequence (its first point is the zero corner).
+HALTON_SKIP = 1
+
+
+def query_classes(num_queries: int, num_classes: int) -> torch.Tensor:
+    """`[N]` int64 class index (1..C) of each query: `k mod C + 1`."""
+    return torch.arange(num_queries, dtype=torch.int64) % max(1, num_classes) + 1
+
+
+def anchor_boxes(atlas: OrganAtlas, num_queries: int) -> torch.Tensor:
+    """`[N, 6]` relative centre boxes of the class-anchored queries (module docstring)."""
+    num_classes = atlas.num_classes
+    slots = int(np.ceil(num_queries / max(1, num_classes)))
+    spread = qmc.Halton(d=6, scramble=False).random(slots - 1 + HALTON_SKIP)[HALTON_SKIP:] if slots > 1 else np.zeros((0, 6))
+    anchors = np.empty((num_queries, 6), dtype=np.float64)
+    for k in range(num_queries):
+        index, slot = k % num_classes, k // num_classes
+        if slot == 0:
+            anchors[k] = atlas.median[index]
+        else:
+            anchors[k] = atlas.low[index] + spread[slot - 1] * (atlas.high[index] - atlas.low[index])
+    anchors[:, 3:] = np.maximum(anchors[:, 3:], 1e-3)
+    anchors[:, :3] = np.clip(anchors[:, :3], 1e-3, 1 - 1e-3)
+    return torch.as_tensor(anchors, dtype=torch.float32)
+
+
+def full_valid_boxes(batch: int, device: torch.device | None = None) -> torch.Tensor:
+    """`[B, 6]` valid boxes covering the whole input (no padding)."""
+    return torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]], device=device).expand(batch, 6)
+
+
+def valid_boxes_from_shapes(shapes: "np.ndarray | list", input_size: list[int], device: torch.device | None = None) -> torch.Tensor:
+    """`[B, 6]` normalised corner boxes of unpadded shapes `[B, 3]` inside the padded input."""
+    shapes_t = torch.as_tensor(np.asarray(shapes, dtype=np.float32).reshape(-1, 3), device=device)
+    size = torch.as_tensor([float(s) for s in input_size], device=device)
+    return torch.cat([torch.zeros_like(shapes_t), shapes_t / size], dim=-1)
+
+
+def place_anchors(anchors: torch.Tensor, valid_boxes: torch.Tensor) -> torch.Tensor:
+    """Relative anchors `[N, 6]` placed in each sample's valid box `[B, 6]` (normalised corners) ->
+    `[B, N, 6]` normalised centre boxes of the network input."""
+    low, high = valid_boxes[:, None, :3], valid_boxes[:, None, 3:]
+    extent = (high - low).clamp(min=1e-6)
+    centre = low + anchors[None, :, :3] * extent
+    size = anchors[None, :, 3:] * extent
+    return torch.cat([centre, size], dim=-1).clamp(1e-4, 1 - 1e-4)
