@@ -119,13 +119,35 @@ def plan_and_preprocess(
         write_json(fingerprint_file, fingerprint)
         write_json(output / "dataset.json", dataset_json)
         plans_file = folder / "plans.json"
-        if plans_file.is_file() and read_json(plans_file) != plans:
+        if plans_file.is_file() and _without_atlas(read_json(plans_file)) != _without_atlas(plans):
             # a different plan invalidates the preprocessed cases
             for stale in list(folder.glob("*.npz")) + [p for p in folder.glob("*.json") if p.name != "plans.json"]:
                 stale.unlink()
         write_json(plans_file, plans)
         if preprocess:
             preprocess_dataset(raw_cases, classes, plans, folder, num_processes)
+            write_dataset_atlas(plans, folder, case_ids, plans_file)
         load_or_make_splits(output / "splits_final.json", case_ids)
     return folder
 
+
+def _without_atlas(plans: dict) -> dict:
+    """The plan without its atlas (derived from the preprocessed cases, so it never invalidates them)."""
+    decisions = {k: v for k, v in plans.get("decisions", {}).items() if k != "atlas"}
+    return {**{k: v for k, v in plans.items() if k != "atlas"}, "decisions": decisions}
+
+
+def write_dataset_atlas(plans: dict, folder: Path, case_ids: list[str], plans_file: Path) -> None:
+    """Store the organ atlas of all preprocessed training cases in plans.json (for reading; each fold's
+    detector recomputes it from its own training cases at training start)."""
+    from autodetr.planners.atlas import atlas_from_preprocessed
+
+    atlas = atlas_from_preprocessed(folder, case_ids, len(plans["classes"]),
+                                    source=f"all {len(case_ids)} training cases after preprocessing")
+    plans["atlas"] = atlas.to_json()
+    plans["decisions"]["atlas"] = (
+        "per class median box, 5th-95th percentile range and presence frequency, relative to the preprocessed body "
+        "crop; this copy covers every training case, a fold's detector takes its own from the fold's training "
+        "cases only (autodetr.planners.atlas)"
+    )
+    write_json(plans_file, plans)
