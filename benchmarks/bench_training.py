@@ -1,15 +1,23 @@
-"""Benchmark: autodetr_train on the full-size phantom with the CPU preset (not a test).
+"""Benchmark: autodetr_train on the full-size phantom, side by side with the atlas prior (not a test).
 
 Makes (or reuses) `--num-cases` full-size phantom cases, plans and preprocesses them with the cpu preset
-(reused when complete), trains fold 0 for `--minutes` of wall clock with one objective, and reports
-training iterations per second, peak memory (maxrss of the trainer process, of its largest augmentation
-worker, and of the data preparation), and the fold's validation COCO 3D mAP, mAR, AP50, AP75 and ECE:
+(reused when complete), and on fold 0 reports, in one table from one run:
 
-    python benchmarks/bench_training.py --minutes 20 --objective dqm
-    python benchmarks/bench_training.py --minutes 2 --num-cases 10      # a quick check
+- `atlas`: the atlas prior of fold 0's training cases (each class's median box relative to the body,
+  predicted on every validation case without looking at the image): the baseline;
+- one row per trained configuration, each `--minutes` of wall clock in its own process with
+  `--threads` threads: `dqm`, `hungarian`, `drmm` (class-anchored queries, the planned default) and
+  `paper` (the paper's learned queries over all classes with global DQM, `network.queries=learned`).
 
-Prints a table and writes `<work>/bench_training_<objective>.json` (or `--json`). The phantom data, the
-preprocessed cases and the trained fold stay in `--work` (default benchmarks/output/bench_training).
+Per row: optimizer steps, iterations per second, peak memory of the trainer process and of its largest
+augmentation worker, the validation COCO 3D mAP, mAR, AP50, AP75, ECE, the best validation mAP seen,
+and mAP as a multiple of the atlas prior's.
+
+    python benchmarks/bench_training.py --minutes 20                 # the README's figures
+    python benchmarks/bench_training.py --minutes 2 --rows atlas,dqm # a quick check
+
+Writes `<work>/bench_training.json` (or `--json`). Data and trained folds stay in `--work`
+(default benchmarks/output/bench_training).
 """
 from __future__ import annotations
 
@@ -28,7 +36,16 @@ import torch
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DATASET_ID = 500
-
+FOLD = 0
+#: Trained rows: name -> (objective, plan overrides).
+CONFIGURATIONS: dict[str, tuple[str, list[str]]] = {
+    "dqm": ("dqm", []),
+    "hungarian": ("hungarian", []),
+    "drmm": ("drmm", []),
+    "paper": ("dqm", ["network.queries=\"learned\""]),
+}
+ROWS = ("atlas",) + tuple(CONFIGURATIONS)
+METRICS = ("mAP", "mAR", "AP50", "AP75", "ECE")
 
 #: Runs autodetr_train in a child process and records its peak memory and that of its largest
 #: (joined) augmentation worker: ru_maxrss of RUSAGE_SELF and RUSAGE_CHILDREN, in MB.
@@ -44,113 +61,150 @@ finally:
 """
 
 
-def peak_rss_mb(who: int) -> float:
-    """ru_maxrss in MB (Linux reports KiB)."""
-    return resource.getrusage(who).ru_maxrss / 1024.0
-
-
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget (default 20)")
-    parser.add_argument("--objective", choices=["dqm", "hungarian", "drmm"], default="dqm", help="objective (default dqm)")
+    parser.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget per row (default 20)")
+    parser.add_argument("--rows", default=",".join(ROWS),
+                        help=f"comma-separated rows to run, of {', '.join(ROWS)} (default: all, in that order)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of each trainer process (default 2)")
     parser.add_argument("--num-cases", type=int, default=20, help="full-size phantom training cases (default 20)")
     parser.add_argument("-np", "--num-processes", type=int, default=2,
                         help="processes for phantom generation and preprocessing (default 2)")
     parser.add_argument("--num-workers", type=int, default=None, help="augmentation workers of the trainer (default: its own)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="training device (default cpu)")
+    parser.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="planning preset (default cpu)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     parser.add_argument("--work", type=Path, default=REPOSITORY / "benchmarks" / "output" / "bench_training",
                         help="scratch folder for data, preprocessed cases and results")
-    parser.add_argument("--json", type=Path, default=None, help="where to write the figures (default <work>/bench_training_<objective>.json)")
+    parser.add_argument("--json", type=Path, default=None, help="where to write the figures (default <work>/bench_training.json)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="plans override passed to autodetr_train (repeatable)")
+                        help="plans override passed to every trained row (repeatable)")
     args = parser.parse_args()
+    args.row_names = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in args.row_names if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    return args
 
-    raw = args.work / f"raw_full_{args.num_cases}"
-    env = dict(os.environ, AUTODETR_raw=str(raw), AUTODETR_preprocessed=str(args.work / f"preprocessed_full_{args.num_cases}"),
-               AUTODETR_results=str(args.work / "results"))
-    os.environ.update({k: env[k] for k in ("AUTODETR_raw", "AUTODETR_preprocessed", "AUTODETR_results")})
-    figures: dict = {"objective": args.objective, "minutes_budget": args.minutes, "cases": args.num_cases,
-                     "device": args.device, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                     "machine": platform.processor() or platform.machine()}
 
+def prepare_data(args: argparse.Namespace) -> tuple[Path, dict]:
+    """Phantom data + plans + preprocessed cases (reused when complete); returns (plans folder, figures)."""
     from autodetr.phantom import make_phantom_dataset
     from autodetr.planners.plan_and_preprocess_api import plan_and_preprocess
 
+    figures: dict = {}
     start = time.perf_counter()
-    make_phantom_dataset(raw, DATASET_ID, num_cases=args.num_cases, num_test_cases=0, size="full",
-                         num_processes=args.num_processes, progress=True)
+    make_phantom_dataset(Path(os.environ["AUTODETR_raw"]), DATASET_ID, num_cases=args.num_cases, num_test_cases=0,
+                         size="full", num_processes=args.num_processes, progress=True)
     figures["phantom_generation_s"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
-    plans_folder = plan_and_preprocess(DATASET_ID, preset="cpu", num_processes=args.num_processes)
+    plans_folder = plan_and_preprocess(DATASET_ID, preset=args.preset, num_processes=args.num_processes)
     figures["plan_and_preprocess_s"] = round(time.perf_counter() - start, 1)
     plans = json.loads((plans_folder / "plans.json").read_text())
-    figures["input_size"] = plans["input_size"]
-    figures["batch_size"] = plans["training"]["batch_size"]
-    figures["spacing_mm"] = [round(s, 2) for s in plans["spacing"]]
+    figures.update(input_size=plans["input_size"], batch_size=plans["training"]["batch_size"],
+                   spacing_mm=[round(s, 2) for s in plans["spacing"]], num_queries=plans["network"]["num_queries"])
+    return plans_folder, figures
 
-    figures["peak_rss_mb_data_preparation"] = round(max(peak_rss_mb(resource.RUSAGE_SELF), peak_rss_mb(resource.RUSAGE_CHILDREN)), 1)
 
+def atlas_row(plans_folder: Path) -> dict:
+    """The atlas prior of fold 0's training cases on its validation cases."""
+    from autodetr.training.dataset import case_files
+    from autodetr.training.train_api import fold_atlas
+    from autodetr.training.trainer import atlas_prior_metrics
+
+    splits = json.loads((plans_folder.parent / "splits_final.json").read_text())
+    plans = json.loads((plans_folder / "plans.json").read_text())
+    plans["atlas"] = fold_atlas(plans_folder, splits[FOLD]["train"], len(plans["classes"]), FOLD)
+    metrics = atlas_prior_metrics(plans, case_files(plans_folder, splits[FOLD]["val"]))
+    row = {key: _rounded(metrics.get(key)) for key in METRICS}
+    row.update(steps=0, iterations_per_second=None, peak_rss_mb=None, validation_cases=len(splits[FOLD]["val"]))
+    return row
+
+
+def trained_row(name: str, args: argparse.Namespace, plans_folder: Path) -> dict:
+    """Train fold 0 with configuration `name` for the budget in a child process and read its figures."""
     from autodetr.training.train_api import fold_folder
 
-    folder = fold_folder(plans_folder.parent.name, 0, args.objective, plans_folder.name)
+    objective, overrides = CONFIGURATIONS[name]
+    results = args.work / "results" / name
+    env = dict(os.environ, AUTODETR_results=str(results), OMP_NUM_THREADS=str(args.threads))
+    folder = results / plans_folder.parent.name / fold_folder(plans_folder.parent.name, FOLD, objective, plans_folder.name).parent.name / f"fold_{FOLD}"
     shutil.rmtree(folder, ignore_errors=True)
-    usage_file = args.work / f"rusage_{args.objective}.json"
-    command = [sys.executable, "-c", CHILD, str(usage_file), str(DATASET_ID), "0", "--objective", args.objective,
+    usage_file = args.work / f"rusage_{name}.json"
+    command = [sys.executable, "-c", CHILD, str(usage_file), str(DATASET_ID), str(FOLD), "--objective", objective,
                "--device", args.device, "--max-minutes", str(args.minutes), "--seed", str(args.seed), "--no-progress-bar"]
     if args.num_workers is not None:
         command += ["--num-workers", str(args.num_workers)]
-    for override in args.overrides:
+    for override in overrides + args.overrides:
         command += ["--set", override]
-    print("running:", " ".join(command), flush=True)
-    figures["load_average_before_training"] = [round(v, 2) for v in os.getloadavg()]
+    print(f"\n[{name}] running:", " ".join(command), flush=True)
     start = time.perf_counter()
     subprocess.run(command, env=env, check=True)
-    figures["train_command_s"] = round(time.perf_counter() - start, 1)
-    figures["load_average_after_training"] = [round(v, 2) for v in os.getloadavg()]
-
+    wall = time.perf_counter() - start
     checkpoint = torch.load(folder / "checkpoint_final.pt", map_location="cpu", weights_only=True)
     history = checkpoint["history"]
     steps = int(checkpoint["global_step"])
     train_seconds = float(sum(history["epoch_seconds"]))
-    figures["optimizer_steps"] = steps
-    figures["epochs_completed"] = int(checkpoint["epoch"])
-    figures["training_loop_s"] = round(train_seconds, 1)
-    figures["iterations_per_second"] = round(steps / train_seconds, 3) if train_seconds > 0 else None
-    figures["seconds_per_iteration"] = round(train_seconds / steps, 3) if steps else None
-    figures["final_train_loss"] = round(float(history["train_loss"][-1]), 4) if history["train_loss"] else None
-    figures["validations"] = len(history["validation"])
-    figures["validation_s_total"] = round(sum(v.get("seconds", 0.0) for v in history["validation"]), 1)
     usage = json.loads(usage_file.read_text())
-    figures["peak_rss_mb_trainer"] = round(usage["self_mb"], 1)
-    figures["peak_rss_mb_trainer_workers"] = round(usage["children_mb"], 1)
     metrics = json.loads((folder / "validation" / "metrics.json").read_text())
-    for key in ("mAP", "mAR", "AP50", "AP75", "ECE"):
-        value = metrics.get(key)
-        figures[key] = None if value is None else round(float(value), 4)
-    figures["validation_cases"] = len(metrics.get("cases", [])) or len(list((folder / "validation").glob("phantom_*.json")))
-    figures["best_validation_mAP"] = round(float(checkpoint.get("best_map", -1.0)), 4)
-    figures["fold_folder"] = str(folder)
+    row = {key: _rounded(metrics.get(key)) for key in METRICS}
+    row.update(
+        steps=steps, iterations_per_second=round(steps / train_seconds, 3) if train_seconds > 0 else None,
+        training_loop_s=round(train_seconds, 1), train_command_s=round(wall, 1),
+        peak_rss_mb=round(usage["self_mb"], 1), peak_rss_mb_workers=round(usage["children_mb"], 1),
+        best_validation_mAP=_rounded(checkpoint.get("best_map")), validations=len(history["validation"]),
+        final_train_loss=_rounded(history["train_loss"][-1]) if history["train_loss"] else None,
+        objective=objective, overrides=overrides + args.overrides, fold_folder=str(folder),
+        load_average_after=[round(v, 2) for v in os.getloadavg()],
+    )
+    return row
 
-    rows = [
-        ("objective", figures["objective"]), ("input size (voxels)", figures["input_size"]),
-        ("batch size", figures["batch_size"]), ("budget (min)", figures["minutes_budget"]),
-        ("optimizer steps", steps), ("epochs completed", figures["epochs_completed"]),
-        ("iterations / s", figures["iterations_per_second"]), ("s / iteration", figures["seconds_per_iteration"]),
-        ("peak RSS trainer process (MB)", figures["peak_rss_mb_trainer"]),
-        ("peak RSS largest worker (MB)", figures["peak_rss_mb_trainer_workers"]),
-        ("peak RSS data preparation (MB)", figures["peak_rss_mb_data_preparation"]),
-        ("validation cases", figures["validation_cases"]), ("mAP (COCO 3D)", figures["mAP"]), ("mAR", figures["mAR"]),
-        ("AP50", figures["AP50"]), ("AP75", figures["AP75"]), ("ECE", figures["ECE"]),
-        ("best validation mAP", figures["best_validation_mAP"]), ("final train loss", figures["final_train_loss"]),
-        ("load average (1/5/15 min) after", figures["load_average_after_training"]),
-    ]
-    width = max(len(name) for name, _ in rows)
-    print("\nautodetr_train benchmark (fold 0, full-size phantom, cpu preset)")
-    print("-" * (width + 24))
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
-    path = args.json or args.work / f"bench_training_{args.objective}.json"
+
+def _rounded(value) -> float | None:
+    try:
+        return round(float(value), 4)
+    except (TypeError, ValueError):
+        return None
+
+
+def print_table(rows: dict[str, dict], figures: dict) -> None:
+    atlas_map = (rows.get("atlas") or {}).get("mAP")
+    columns = ("row", "steps", "it/s", "peak MB", "mAP", "mAR", "AP50", "AP75", "ECE", "best mAP", "x atlas mAP")
+    lines = []
+    for name, row in rows.items():
+        ratio = row["mAP"] / atlas_map if atlas_map and row.get("mAP") is not None else None
+        values = (name, row.get("steps"), row.get("iterations_per_second"), row.get("peak_rss_mb"), row.get("mAP"),
+                  row.get("mAR"), row.get("AP50"), row.get("AP75"), row.get("ECE"), row.get("best_validation_mAP"),
+                  None if ratio is None else round(ratio, 1))
+        lines.append(["-" if v is None else str(v) for v in values])
+    widths = [max(len(c), *(len(line[i]) for line in lines)) for i, c in enumerate(columns)]
+    print(f"\nautodetr_train benchmark: fold {FOLD} of {figures['cases']} full-size phantoms, {figures['preset']} preset, "
+          f"input {figures['input_size']}, batch {figures['batch_size']}, {figures['minutes_budget']} min per row, "
+          f"{figures['threads']} thread(s), one process at a time")
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for line in lines:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths)))
+
+
+def main() -> None:
+    args = parse_arguments()
+    raw = args.work / f"raw_full_{args.num_cases}"
+    os.environ.update(AUTODETR_raw=str(raw), AUTODETR_preprocessed=str(args.work / f"preprocessed_full_{args.num_cases}"),
+                      AUTODETR_results=str(args.work / "results"))
+    figures: dict = {"minutes_budget": args.minutes, "cases": args.num_cases, "device": args.device, "preset": args.preset,
+                     "threads": args.threads, "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+                     "torch": torch.__version__}
+    plans_folder, prepared = prepare_data(args)
+    figures.update(prepared)
+    figures["peak_rss_mb_data_preparation"] = round(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                                                        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024.0, 1)
+    rows: dict[str, dict] = {}
+    for name in args.row_names:
+        rows[name] = atlas_row(plans_folder) if name == "atlas" else trained_row(name, args, plans_folder)
+    figures["rows"] = rows
+    print_table(rows, figures)
+    path = args.json or args.work / "bench_training.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(figures, indent=2) + "\n")
     print(f"\nfigures written to {path}")

@@ -16,6 +16,7 @@ from autodetr.locking import folder_lock
 from autodetr.paths import check_folder_name, dataset_name_from_id, inside, preprocessed_root, raw_root
 from autodetr.planners.fingerprint import check_cases_fit_plan, extract_fingerprint, planning_warnings
 from autodetr.planners.planner import PLANS_NAME, plan_experiment
+from autodetr.preprocessing.identity import preprocessing_identity
 from autodetr.preprocessing.preprocess_dataset import preprocess_dataset
 from autodetr.preprocessing.raw_dataset import (
     check_num_training, is_instance_form, list_cases, load_dataset_json, organ_classes,
@@ -119,7 +120,7 @@ def plan_and_preprocess(
         write_json(fingerprint_file, fingerprint)
         write_json(output / "dataset.json", dataset_json)
         plans_file = folder / "plans.json"
-        if plans_file.is_file() and _without_atlas(read_json(plans_file)) != _without_atlas(plans):
+        if plans_file.is_file() and preprocessing_identity(read_json(plans_file)) != preprocessing_identity(plans):
             # a different plan invalidates the preprocessed cases
             for stale in list(folder.glob("*.npz")) + [p for p in folder.glob("*.json") if p.name != "plans.json"]:
                 stale.unlink()
@@ -129,12 +130,6 @@ def plan_and_preprocess(
             write_dataset_atlas(plans, folder, case_ids, plans_file)
         load_or_make_splits(output / "splits_final.json", case_ids)
     return folder
-
-
-def _without_atlas(plans: dict) -> dict:
-    """The plan without its atlas (derived from the preprocessed cases, so it never invalidates them)."""
-    decisions = {k: v for k, v in plans.get("decisions", {}).items() if k != "atlas"}
-    return {**{k: v for k, v in plans.items() if k != "atlas"}, "decisions": decisions}
 
 
 def write_dataset_atlas(plans: dict, folder: Path, case_ids: list[str], plans_file: Path) -> None:

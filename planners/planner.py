@@ -41,7 +41,7 @@ PLANS_NAME = "autodetrPlans"
 TRAINING_DEFAULTS: dict[str, Any] = {
     "batch_size": 2,
     "learning_rate": 2e-4,
-    "backbone_lr_factor": 0.1,
+    "backbone_lr_factor": 1.0,
     "sampling_lr_factor": 0.1,
     "weight_decay": 1e-4,
     "warmup_iterations": 100,
@@ -62,9 +62,10 @@ PRESETS: dict[str, dict] = {
         "voxel_budget": 80 * 80 * 80,
         "stem_channels": 16, "base_channels": 16, "max_channels": 128, "blocks_per_stage": 1,
         "hidden_dim": 64, "num_feature_levels": 3,
-        "msa": {"patch_size": 2, "heads": 8, "depth": 1, "dropout": 0.1, "bias": False, "ffn_dim": 128},
+        "msa": {"patch_size": 2, "heads": 8, "depth": 1, "dropout": 0.0, "bias": False, "ffn_dim": 128},
         "decoder": {"layers": 3, "heads": 8, "points": 4, "ffn_dim": 256, "dropout": 0.0},
         "stride_in_stem": True, "batch_size": 2, "max_num_pool": 5,
+        "learning_rate": 1e-3, "grad_clip_norm": 1.0,
     },
     "gpu": {
         "voxel_budget": 160 * 160 * 256,
@@ -73,6 +74,7 @@ PRESETS: dict[str, dict] = {
         "msa": {"patch_size": 2, "heads": 64, "depth": 2, "dropout": 0.3, "bias": False, "ffn_dim": 1024},
         "decoder": {"layers": 6, "heads": 8, "points": 4, "ffn_dim": 1024, "dropout": 0.1},
         "stride_in_stem": False, "batch_size": 2, "max_num_pool": 5,
+        "learning_rate": 2e-4, "grad_clip_norm": 0.1,
     },
 }
 MIN_FEATURE_MAP_SIZE = 4
@@ -227,6 +229,10 @@ def plan_experiment(
         "range; matching inside each class group (autodetr.model.anchors). 'learned' is the paper's configuration "
         "(N = rho * M learned queries over all classes, global matching)"
     )
+    decisions["mask_enhanced_anchors"] = (
+        "each class group's first query starts at the box of the class's soft mask from the finest segmentation "
+        "level where one is found, else at the atlas median (Mask DINO's mask-enhanced anchors; autodetr.model.anchors)"
+    )
     decisions["num_queries"] = f"N = rho * C = {rho} * {len(classes)} (class-anchored: rho queries per class)"
     decisions["drmm"] = (
         "D-RMM class groups (query k serves class k mod C) when N >= C: a free class head lets one query "
@@ -265,6 +271,7 @@ def plan_experiment(
             "msa": copy.deepcopy(budget["msa"]),
             "decoder": copy.deepcopy(budget["decoder"]),
             "queries": QUERIES_DEFAULT,
+            "mask_enhanced_anchors": True,
             "num_queries": num_queries,
             "drmm": {"class_groups": num_queries >= len(classes), "scale_floor": 0.1},
         },
@@ -277,12 +284,25 @@ def plan_experiment(
         "training": {
             **copy.deepcopy(TRAINING_DEFAULTS),
             "batch_size": budget["batch_size"],
+            "learning_rate": budget["learning_rate"],
+            "grad_clip_norm": budget["grad_clip_norm"],
             "epochs": 100 if preset == "cpu" else 500,
             "iterations_per_epoch": 50 if preset == "cpu" else 250,
         },
         "decisions": decisions,
     }
     decisions["loss"] = "Organ-DETR Eq. 8 weights lambda_cls 2, lambda_bbox 5 (L1 and GIoU), lambda_seg 2"
+    decisions["training"] = (
+        f"{preset} preset recipe: AdamW lr {budget['learning_rate']}, gradient clipping at {budget['grad_clip_norm']}; "
+        "the backbone learns at the full rate (backbone_lr_factor 1: it starts from scratch, Deformable DETR's 0.1 is "
+        "for pretrained backbones)"
+    )
+    if QUERIES_DEFAULT == "class_anchored":
+        plans["training"]["augmentation"]["p_mirror"] = 0.0
+        decisions["augmentation"] = (
+            "no left-right mirror: a mirrored body puts every unpaired organ on the wrong side of its class anchor "
+            "(set training.augmentation.p_mirror > 0 for learned queries)"
+        )
     decisions["batch_size"] = f"{preset} preset"
     if box_annotations:
         plans["loss"]["seg"] = 0.0

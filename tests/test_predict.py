@@ -291,7 +291,7 @@ def test_world_coordinates_with_a_non_identity_direction(pipeline, tmp_path, mon
         answers[hashlib.sha1(mirrored.tobytes()).hexdigest()] = (
             normalise_corners(mirrored_boxes, plans["input_size"]), predict_api.swap_lateral_labels(labels, plans["lateral_pairs"]))
 
-    def oracle(self, member, padded):
+    def oracle(self, member, padded, valid_shape):
         boxes, labels = answers[hashlib.sha1(np.ascontiguousarray(padded, dtype=np.float32).tobytes()).hexdigest()]
         return boxes, np.ones(len(labels)), labels
 

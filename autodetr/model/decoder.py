@@ -98,14 +98,22 @@ class DeformableDecoder(nn.Module):
             nn.init.zeros_(mlp.layers[-1].bias)
 
     def forward(self, values: Sequence[torch.Tensor], level_scales: torch.Tensor,
-                valid_boxes: torch.Tensor | None = None) -> DecoderOutput:
-        """`valid_boxes` [B, 6]: each sample's unpadded region (normalised corners); anchored queries only."""
+                valid_boxes: torch.Tensor | None = None,
+                proposals: tuple[torch.Tensor, torch.Tensor] | None = None) -> DecoderOutput:
+        """`valid_boxes` [B, 6]: each sample's unpadded region (normalised corners); `proposals`: mask boxes
+        [B, C, 6] and found [B, C] (`anchors.mask_boxes`) that replace the first C queries' anchors (slot 0
+        of each class group) where found. Both for anchored queries only."""
         batch = values[0].shape[0]
         if self.anchored:
             if valid_boxes is None:
                 valid_boxes = full_valid_boxes(batch, values[0].device)
             tgt = self.query_content.weight[None].expand(batch, -1, -1)
             reference = place_anchors(self.anchors, valid_boxes.to(values[0].dtype))
+            if proposals is not None:
+                boxes, found = proposals
+                count = boxes.shape[1]
+                first = torch.where(found[..., None], boxes.to(reference.dtype), reference[:, :count])
+                reference = torch.cat([first, reference[:, count:]], dim=1)
             query_pos = None
         else:
             query_pos, tgt = self.query_embed.weight.split(self.dim, dim=-1)

@@ -1,6 +1,7 @@
 """Prediction heads: box MLP, DETR class/box head (pluggable), multiscale segmentation head."""
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -79,6 +80,10 @@ class SegmentationHead(nn.Module):
     def __init__(self, hidden_dim: int, num_classes: int, num_levels: int) -> None:
         super().__init__()
         self.convs = nn.ModuleList(nn.Conv3d(hidden_dim, num_classes + 1, 1) for _ in range(num_levels))
+        for conv in self.convs:  # background starts as likely as all organs together (prior init, RetinaNet)
+            with torch.no_grad():
+                conv.bias.zero_()
+                conv.bias[0] = math.log(max(1, num_classes))
 
     def forward(self, levels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return [conv(level) for conv, level in zip(self.convs, levels)]

@@ -13,7 +13,9 @@ decoder -> head. Built from a plans dict (`docs/architecture.md`).
   sigmoid(inverse_sigmoid(r_k) + delta_k(h_k)). r_0 is learned from the query position embedding and
   carries gradient; r_k (k > 0) is layer k - 1's refined box, detached (Deformable DETR box refinement).
 With class-anchored queries (`anchors` [N, 6] from the organ atlas, `autodetr.model.anchors`) the decoder
-starts every query at its class's anchor inside the sample's valid region (`valid_boxes`).
+starts every query at its class's anchor inside the sample's valid region (`valid_boxes`); with
+`network.mask_enhanced_anchors` the segmentation head of the finest MSA level runs in every forward and
+each class group's first query starts at the box of its soft mask where one is found.
 A replacement head (e.g. D-RMM) is passed as `head=`: a module called as
 `head(query_features, reference_boxes, refined_boxes) -> dict`, merged into the output.
 """
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .anchors import mask_boxes
 from .backbone import Backbone
 from .decoder import DeformableDecoder
 from .heads import DETRHead, SegmentationHead
@@ -61,6 +64,7 @@ class OrganDETR(nn.Module):
             int(dec["points"]), int(dec.get("ffn_dim", 4 * hidden)), float(dec.get("dropout", 0.0)), anchors=anchors,
         )
         self.head = head if head is not None else DETRHead(hidden, num_classes, int(dec["layers"]))
+        self.mask_enhanced = anchors is not None and bool(network.get("mask_enhanced_anchors", False))
 
     def forward(self, images: torch.Tensor, with_segmentation: bool | None = None,
                 valid_boxes: torch.Tensor | None = None) -> dict[str, Any]:
@@ -71,11 +75,13 @@ class OrganDETR(nn.Module):
         strides = self.backbone.strides
         encoded = self.encoder(features, strides, input_shape)
         scales = level_scales(input_shape, [tuple(f.shape[2:]) for f in encoded], strides, images.device)
-        decoded = self.decoder(encoded, scales, valid_boxes)
-        outputs: dict[str, Any] = dict(self.head(decoded.features, decoded.reference_boxes, decoded.refined_boxes))
         if with_segmentation is None:
             with_segmentation = self.training
-        outputs["seg_logits"] = self.segmentation_head(encoded) if with_segmentation else []
+        seg_logits = self.segmentation_head(encoded) if (with_segmentation or self.mask_enhanced) else []
+        proposals = mask_boxes(seg_logits[-1], strides[-1], input_shape) if self.mask_enhanced else None
+        decoded = self.decoder(encoded, scales, valid_boxes, proposals)
+        outputs: dict[str, Any] = dict(self.head(decoded.features, decoded.reference_boxes, decoded.refined_boxes))
+        outputs["seg_logits"] = seg_logits if with_segmentation else []
         outputs["query_features"] = decoded.features
         outputs["reference_boxes"] = decoded.reference_boxes
         return outputs

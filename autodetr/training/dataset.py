@@ -89,8 +89,9 @@ def load_case_boxes(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as content:
             return (content["boxes"].astype(np.float64).reshape(-1, 6), content["classes"].astype(np.int64).reshape(-1))
-    except (OSError, KeyError, ValueError) as error:
-        raise InputError(f"{path}: cannot read preprocessed case ({error}); rerun autodetr_plan_and_preprocess") from error
+    except NPZ_ERRORS as error:
+        raise InputError(f"{path}: cannot read preprocessed case ({type(error).__name__}: {error}); "
+                         "rerun autodetr_plan_and_preprocess") from None
 
 
 def pad_to_input(image: np.ndarray, seg: np.ndarray | None, input_size: Sequence[int], source: object = "case") -> tuple[np.ndarray, np.ndarray | None]:

@@ -573,25 +573,8 @@ class Trainer:
                 "restore": restore}
 
     def atlas_prior_metrics(self) -> dict:
-        """Validation metrics of the atlas prior (`autodetr.planners.atlas.prior_detections`: every class's
-        median box, not looking at the image) on this fold's validation cases: the baseline of the fold."""
-        from autodetr.evaluation.api import CaseResult, evaluate_cases
-        from autodetr.planners.atlas import OrganAtlas, prior_detections
-        from autodetr.preprocessing.restore import RestoreInfo
-        from autodetr.boxes import clip_boxes
-        from autodetr.training.dataset import load_case_boxes
-
-        atlas = OrganAtlas.from_json(self.plans["atlas"])
-        cases = []
-        for files in self.val_files:
-            restore = RestoreInfo.from_json(read_json(files.restore_json)["restore"])
-            corners, scores, labels = prior_detections(atlas, restore.preprocessed_shape)
-            boxes = clip_boxes(restore.preprocessed_to_original(corners), restore.geometry.shape_zyx)
-            gt_boxes, gt_classes = load_case_boxes(files.npz)
-            gt = restore.preprocessed_to_original(gt_boxes) if len(gt_boxes) else np.zeros((0, 6))
-            cases.append(CaseResult(files.case_id, gt, np.asarray([self.label_value[int(c)] for c in gt_classes], dtype=np.int64),
-                                    boxes, scores, np.asarray([self.label_value[int(c)] for c in labels], dtype=np.int64)))
-        return evaluate_cases(cases, class_names=self.class_names)
+        """The atlas prior's validation metrics on this fold (`atlas_prior_metrics`)."""
+        return atlas_prior_metrics(self.plans, self.val_files)
 
     def _log_atlas_prior(self) -> None:
         if not (self.is_main and self.val_files and "atlas" in self.plans):
@@ -645,6 +628,30 @@ class Trainer:
             self._save("checkpoint_best.pt")
             self.log(f"new best validation mAP {value:.4f}: checkpoint_best.pt")
         return metrics
+
+
+def atlas_prior_metrics(plans: dict, val_files: Sequence[CaseFiles]) -> dict:
+    """Metrics of the atlas prior of `plans["atlas"]` (`autodetr.planners.atlas.prior_detections`: every
+    class's median box, the image never looked at) on preprocessed cases, in original voxels like the
+    trained detector's validation: the baseline a fold must beat."""
+    from autodetr.boxes import clip_boxes
+    from autodetr.evaluation.api import CaseResult, evaluate_cases
+    from autodetr.planners.atlas import OrganAtlas, prior_detections
+    from autodetr.preprocessing.restore import RestoreInfo
+    from autodetr.training.dataset import load_case_boxes
+
+    atlas = OrganAtlas.from_json(plans["atlas"])
+    label_value = {int(c["index"]): int(c["label_value"]) for c in plans["classes"]}
+    cases = []
+    for files in val_files:
+        restore = RestoreInfo.from_json(read_json(files.restore_json)["restore"])
+        corners, scores, labels = prior_detections(atlas, restore.preprocessed_shape)
+        boxes = clip_boxes(restore.preprocessed_to_original(corners), restore.geometry.shape_zyx)
+        gt_boxes, gt_classes = load_case_boxes(files.npz)
+        gt = restore.preprocessed_to_original(gt_boxes) if len(gt_boxes) else np.zeros((0, 6))
+        cases.append(CaseResult(files.case_id, gt, np.asarray([label_value[int(c)] for c in gt_classes], dtype=np.int64),
+                                boxes, scores, np.asarray([label_value[int(c)] for c in labels], dtype=np.int64)))
+    return evaluate_cases(cases, class_names={int(c["label_value"]): str(c["name"]) for c in plans["classes"]})
 
 
 def _number(value: Any) -> float:
