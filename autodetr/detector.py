@@ -196,16 +196,14 @@ class DRMMCriterion(nn.Module):
     def forward(
         self, outputs: dict[str, Any], targets: Sequence[dict[str, torch.Tensor]], seg_target: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        from autodetr.losses.segmentation import multiscale_segmentation_loss
+        from autodetr.losses.segmentation import weighted_segmentation_term
 
         total, components = self.drmm(outputs["drmm"], targets)
         components = dict(components)
-        seg_logits = outputs.get("seg_logits") or []
-        if seg_target is not None and len(seg_logits) and self.weight_seg > 0:
-            strides = self.seg_strides if len(self.seg_strides) == len(seg_logits) else None
-            loss_seg, _ = multiscale_segmentation_loss(seg_logits, seg_target.to(seg_logits[0].device).long(), strides)
-            total = total + self.weight_seg * loss_seg
-            components["seg"] = float(loss_seg.detach())
+        term, value = weighted_segmentation_term(outputs, seg_target, self.weight_seg, self.seg_strides)
+        if term is not None:
+            total = total + term
+            components["seg"] = value
         components["total"] = float(total.detach())
         return total, components
 

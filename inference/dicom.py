@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from autodetr.errors import InputError
@@ -54,21 +55,49 @@ def _series_in_folder(folder: str) -> list[str]:
         return []
 
 
+def _slice_positions(files: list[str]) -> list[float] | None:
+    """Each slice's position along the slice normal (Image Position . normal of Image Orientation), in mm;
+    None when a file lacks the tags."""
+    positions = []
+    for path in files:
+        try:
+            p = [float(v) for v in _read_tag(path, "0020|0032").split("\\")]
+            o = [float(v) for v in _read_tag(path, "0020|0037").split("\\")]
+            normal = (o[1] * o[5] - o[2] * o[4], o[2] * o[3] - o[0] * o[5], o[0] * o[4] - o[1] * o[3])
+            positions.append(sum(a * b for a, b in zip(p, normal)))
+        except (ValueError, IndexError):
+            return None
+    return positions
+
+
 def _sort_by_position(files: list[str]) -> list[str]:
     """Slices of a series spread over several folders, sorted along the slice normal (GDCM sorts only
     within one folder); files without position tags keep their order."""
-    keys = []
-    for path in files:
-        position = _read_tag(path, "0020|0032")
-        orientation = _read_tag(path, "0020|0037")
-        try:
-            p = [float(v) for v in position.split("\\")]
-            o = [float(v) for v in orientation.split("\\")]
-            normal = (o[1] * o[5] - o[2] * o[4], o[2] * o[3] - o[0] * o[5], o[0] * o[4] - o[1] * o[3])
-            keys.append(sum(a * b for a, b in zip(p, normal)))
-        except (ValueError, IndexError):
-            return files
+    keys = _slice_positions(files)
+    if keys is None:
+        return files
     return [f for _, f in sorted(zip(keys, files), key=lambda pair: pair[0])]
+
+
+#: Largest deviation of a slice gap from the median gap (fraction of it) that still counts as even spacing.
+SLICE_GAP_TOLERANCE = 0.2
+
+
+def check_slice_spacing(files: list[str], name: str) -> None:
+    """Refuse a series whose slices are not evenly spaced (a missing or duplicated slice): ITK would read
+    it with an averaged spacing and every box would be placed wrongly along the slice axis."""
+    positions = _slice_positions(files)
+    if positions is None or len(positions) < 3:
+        return
+    gaps = np.diff(np.sort(np.asarray(positions, dtype=np.float64)))
+    median = float(np.median(gaps))
+    uneven = np.nonzero(np.abs(gaps - median) > SLICE_GAP_TOLERANCE * max(median, 1e-6))[0]
+    if median <= 0 or uneven.size:
+        where = int(uneven[0]) if uneven.size else 0
+        raise InputError(
+            f"DICOM series {name} ({len(files)} files in {Path(files[0]).parent}): slices are not evenly spaced "
+            f"({gaps[where]:.3g} mm between slices {where + 1} and {where + 2}, {median:.3g} mm elsewhere; a missing or "
+            "duplicated slice?)")
 
 
 def find_dicom_series(
@@ -109,7 +138,8 @@ def find_dicom_series(
 
 
 def read_dicom_series(files: list[str], name: str) -> sitk.Image:
-    """Read one series as a 3D image; problems raise InputError naming the series."""
+    """Read one series as a 3D image; problems (incl. unevenly spaced slices) raise InputError naming it."""
+    check_slice_spacing(files, name)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(files))
     try:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,6 +314,12 @@ class EnsemblePredictor:
                 "support": result["support"], "members": result["members"], "preprocessed": result}
 
 
+def empty_result() -> dict[str, Any]:
+    """`EnsemblePredictor.predict_case`'s result with no detection."""
+    return {"boxes": np.zeros((0, 6)), "scores": np.zeros(0), "label_values": np.zeros(0, dtype=np.int64),
+            "support": np.zeros(0), "members": 0, "preprocessed": None}
+
+
 # ----------------------------------------------------------------------------------------------------
 # cases in, files out
 # ----------------------------------------------------------------------------------------------------
@@ -484,7 +491,12 @@ def predict(
             try:
                 if isinstance(prepared, str):
                     raise InputError(prepared)
-                result = predictor.predict_case(prepared)
+                if not prepared.body_found:  # all air or a few voxels: organ boxes there would be noise
+                    result = empty_result()
+                    warnings.warn(f"{case.source}: no body found (all air or under 2 voxels on an axis); nothing predicted",
+                                  stacklevel=1)
+                else:
+                    result = predictor.predict_case(prepared)
                 keep = result["scores"] >= score_threshold
                 geometry = prepared.restore.geometry
                 extra = {

@@ -94,6 +94,23 @@ def query_count(kind: str, rho: float, most_organs: int, num_classes: int) -> in
     raise InputError(f"network.queries '{kind}': choose class_anchored or learned")
 
 
+#: Plan keys whose override changes eta and the number of queries (`recompute_derived`).
+DERIVED_FROM = ("matching.rho", "matching.lambda", "network.queries")
+
+
+def recompute_derived(plans: dict) -> dict:
+    """eta and N again after an override of rho, lambda or the query kind (at planning or training time)."""
+    matching, network = plans["matching"], plans["network"]
+    matching["eta"] = int(min(5, max(1, math.ceil(float(matching["lambda"]) * float(matching["rho"])))))
+    kind = network.get("queries", "learned")
+    network["num_queries"] = query_count(kind, float(matching["rho"]), int(matching["M"]), len(plans["classes"]))
+    decisions = plans.setdefault("decisions", {})
+    decisions["num_queries"] = (f"N = rho * C = {matching['rho']} * {len(plans['classes'])} (class-anchored: rho queries per class)"
+                                if kind == "class_anchored" else
+                                f"N = rho * M = {matching['rho']} * {matching['M']} (M: most organs in a training case)")
+    return plans
+
+
 def base_target_spacing(fingerprint: dict) -> np.ndarray:
     """nnU-Net's full-resolution target spacing (z, y, x), computed by nnU-Net's own planner method."""
     planner_state = SimpleNamespace(
@@ -313,12 +330,6 @@ def plan_experiment(
     for key, value in (overrides or {}).items():
         _set_path(plans, key, value)
         decisions[key] = "given on the command line"
-    if any("matching.rho" == k or "matching.lambda" == k for k in (overrides or {})):
-        matching = plans["matching"]
-        matching["eta"] = int(min(5, max(1, math.ceil(matching["lambda"] * matching["rho"]))))
-    if any(k in ("matching.rho", "matching.lambda", "network.queries") for k in (overrides or {})):
-        matching = plans["matching"]
-        plans["network"]["num_queries"] = query_count(plans["network"]["queries"], matching["rho"], matching["M"], len(classes))
-        if plans["network"]["queries"] == "learned":
-            decisions["num_queries"] = f"N = rho * M = {matching['rho']} * {matching['M']} (M: most organs in a training case)"
+    if any(k in DERIVED_FROM for k in (overrides or {})):
+        recompute_derived(plans)
     return plans

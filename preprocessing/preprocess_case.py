@@ -14,10 +14,12 @@ import numpy as np
 from nnunetv2.preprocessing.normalization.default_normalization_schemes import CTNormalization, ZScoreNormalization
 from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape, resample_data_or_seg_to_shape
 
-from autodetr.preprocessing.cropping import crop_case
+from autodetr.preprocessing.cropping import BODY_THRESHOLD_HU, crop_case
 from autodetr.preprocessing.raw_dataset import Geometry
 from autodetr.preprocessing.restore import RestoreInfo
 
+#: Fewest voxels on every axis of a body to detect organs in (a 1-voxel image has none).
+MIN_BODY_VOXELS = 2
 NORMALIZERS = {"CTNormalization": CTNormalization, "ZScoreNormalization": ZScoreNormalization}
 
 
@@ -28,6 +30,7 @@ class PreprocessedCase:
     boxes: np.ndarray  # [G, 6] corner boxes in preprocessed voxels
     classes: np.ndarray  # [G] class indices 1..C
     restore: RestoreInfo
+    body_found: bool = True  # False: all air or under MIN_BODY_VOXELS voxels on an axis (nothing to detect)
 
 
 def fitted_shape(cropped_shape: np.ndarray, spacing: np.ndarray, target_spacing: np.ndarray, input_size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,6 +73,8 @@ def preprocess_image(
     ct_channels = [int(k) for k, v in plans["normalization"].items() if v == "CTNormalization"]
     image, label, crop_box = crop_case(image, label, ct_channels)
     cropped_shape = np.asarray(image.shape[1:])
+    body_found = bool(np.all(cropped_shape >= MIN_BODY_VOXELS)) and (
+        not ct_channels or bool((image[ct_channels[0]] > BODY_THRESHOLD_HU).any()))
     image = normalise(image, plans)
     target = np.asarray(plans["spacing"], dtype=np.float64)
     new_shape, effective_spacing = fitted_shape(cropped_shape, spacing, target, np.asarray(plans["input_size"]))
@@ -97,4 +102,4 @@ def preprocess_image(
     if boxes is not None and len(boxes):
         mapped = restore.original_to_preprocessed(boxes).astype(np.float32)
     classes = np.zeros((0,), np.int64) if box_classes is None else np.asarray(box_classes, dtype=np.int64)
-    return PreprocessedCase(image, seg, mapped, classes, restore)
+    return PreprocessedCase(image, seg, mapped, classes, restore, body_found)

@@ -149,6 +149,18 @@ def test_dqm_inside_groups_gives_each_present_class_its_own_queries() -> None:
     assert [len(rows) for rows, _ in hungarian] == [2, 2]
 
 
+def test_one_per_class_shortcut_equals_the_exact_assignment() -> None:
+    matcher = GroupedMatcher(copies=3)
+    classes = query_classes(60, 6)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        logits, boxes = torch.randn(60), torch.rand(60, 6) * 0.5 + 0.25
+        target = {"labels": torch.randperm(6)[:4] + 1, "boxes": torch.rand(4, 6) * 0.3 + 0.3}
+        fast = matcher._one_per_class(logits, boxes, target, classes)
+        exact = matcher._by_assignment(logits, boxes, target, classes)
+        assert torch.equal(fast[0], exact[0]) and torch.equal(fast[1], exact[1])
+
+
 def test_dqm_one_each_when_a_group_is_too_small() -> None:
     outputs = {"pred_objectness": torch.zeros(1, 6), "pred_boxes": torch.full((1, 6, 6), 0.5), "query_classes": query_classes(6, 2)}
     targets = [{"labels": torch.tensor([2, 2]), "boxes": torch.full((2, 6), 0.4)}]

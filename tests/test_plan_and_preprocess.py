@@ -35,7 +35,12 @@ def test_plan_and_preprocess_tiny_phantoms(roots):
         assert key in plans["decisions"], key
     matching = plans["matching"]
     assert 1 <= matching["eta"] <= 5 and matching["eta"] == int(np.ceil(matching["lambda"] * matching["rho"]))
-    assert plans["network"]["num_queries"] == int(np.ceil(matching["rho"] * matching["M"]))
+    # class-anchored queries (the default): rho per class; the atlas of all cases and its decision are in the plan
+    assert plans["network"]["queries"] == "class_anchored"
+    assert plans["network"]["num_queries"] == int(np.ceil(matching["rho"])) * len(plans["classes"])
+    assert plans["atlas"]["num_cases"] == 6 and len(plans["atlas"]["median"]) == len(plans["classes"])
+    assert "atlas" in plans["decisions"] and "queries" in plans["decisions"]
+    assert plans["training"]["augmentation"]["p_mirror"] == 0.0  # a mirrored body contradicts the anchors
     names = [c["name"] for c in plans["classes"]]
     assert sorted(plans["lateral_pairs"][0]) == sorted([names.index("kidney_left") + 1, names.index("kidney_right") + 1])
 
@@ -100,4 +105,4 @@ def test_overrides_reach_the_plan(roots):
         assert exit_info.code == 0
     plans = read_json(roots["preprocessed"] / "Dataset500_Phantom" / "autodetrPlans" / "plans.json")
     assert plans["network"]["hidden_dim"] == 48 and plans["training"]["batch_size"] == 1
-    assert plans["matching"]["eta"] == 2 and plans["network"]["num_queries"] == 5 * plans["matching"]["M"]
+    assert plans["matching"]["eta"] == 2 and plans["network"]["num_queries"] == 5 * len(plans["classes"])

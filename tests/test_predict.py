@@ -370,3 +370,29 @@ def test_model_and_fold_choice_errors_are_clear(pipeline_env, tmp_path, capsys):
     assert run_predict(["-i", image, "-o", str(tmp_path / "b"), "-m", "autodetrTrainer_drmm__autodetrPlans"]) == 2
     assert "autodetrTrainer_dqm__autodetrPlans" in capsys.readouterr().err  # lists what is available
     assert run_predict(["-i", image, "-o", str(tmp_path / "c"), "-f", "0", "--checkpoint", "final"]) == 0
+
+
+def test_dicom_series_with_a_missing_slice_is_refused_by_name(pipeline, tmp_path, capsys):
+    image = sitk.ReadImage(str(pipeline.test_images[0]))
+    folder = tmp_path / "dicom" / "series_gap"
+    helpers_pipeline.write_dicom_series(image, folder, "Gap series")
+    slices = sorted(folder.iterdir())
+    slices[len(slices) // 2].unlink()  # one slice missing: ITK would average the spacing
+    nifti = tmp_path / "dicom" / "other.nii.gz"
+    sitk.WriteImage(sitk.Cast(image, sitk.sitkInt16), str(nifti))
+    assert run_predict(["-i", str(tmp_path / "dicom"), "-o", str(tmp_path / "out"), "-m", str(pipeline.model_folder), "-np", "1"]) != 0
+    message = capsys.readouterr().err
+    assert "Gap_series" in message and "not evenly spaced" in message
+    assert (tmp_path / "out" / "other.json").is_file()  # the other case is still predicted
+    assert not (tmp_path / "out" / "Gap_series.json").exists()
+
+
+@pytest.mark.parametrize("shape", [(8, 16, 16), (1, 1, 1)])
+def test_an_image_without_a_body_predicts_nothing_with_a_warning(pipeline, tmp_path, shape):
+    air = sitk.GetImageFromArray(np.full(shape, -1000, dtype=np.int16))
+    path = tmp_path / "in" / "air.nii.gz"
+    path.parent.mkdir()
+    sitk.WriteImage(air, str(path))
+    with pytest.warns(UserWarning, match="no body found"):
+        assert run_predict(["-i", str(path), "-o", str(tmp_path / "out"), "-m", str(pipeline.model_folder), "-np", "1"]) == 0
+    assert read_output(tmp_path / "out" / "air.json")["detections"] == []

@@ -147,6 +147,16 @@ def test_end_to_end_outputs(reference_run: Path, tiny_dataset: dict) -> None:
     assert loaded_arguments["checkpoint"].endswith("checkpoint_best.pt")
     assert not model.training
 
+    # the fold's organ atlas comes from its training cases only, and the checkpoint carries its anchors
+    from autodetr.model.anchors import anchor_boxes
+    from autodetr.planners.atlas import OrganAtlas
+
+    train_cases = sorted(splits[0]["train"])
+    assert plans["atlas"]["fold"] == "0" and plans["atlas"]["num_cases"] == len(train_cases)
+    atlas = OrganAtlas.from_json(plans["atlas"])
+    assert torch.allclose(final["model"]["decoder.anchors"], anchor_boxes(atlas, plans["network"]["num_queries"]))
+    assert "atlas prior" in log
+
 
 def test_resume_gives_the_same_losses(dataset_env: Path, reference_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Interrupted right after its first epoch (as Ctrl-C would), then --resume: the per-iteration losses
@@ -235,6 +245,19 @@ def test_other_objectives_train_one_epoch(dataset_env: Path, objective: str) -> 
     model, _, arguments = load_trained_detector(folder, "cpu")
     assert arguments["objective"] == objective
     assert ("drmm" in model(torch.zeros(1, 1, *model_input(folder)))) == (objective == "drmm")
+
+
+def test_paper_configuration_is_a_plan_switch(dataset_env: Path, tiny_dataset: dict) -> None:
+    """`--set network.queries="learned"`: the paper's N = rho * M learned queries with global DQM."""
+    from autodetr.detector import load_trained_detector
+
+    folder = _train("0", epochs=1, iterations_per_epoch=2, overrides=['network.queries="learned"'])
+    plans = json.loads((folder / "plans.json").read_text())
+    matching = plans["matching"]
+    assert plans["network"]["queries"] == "learned" and plans["network"]["num_queries"] == matching["rho"] * matching["M"]
+    model, _, _ = load_trained_detector(folder, "cpu")
+    outputs = model(torch.zeros(1, 1, *model_input(folder)))
+    assert outputs["pred_logits"].shape[1:] == (plans["network"]["num_queries"], len(plans["classes"]) + 1)
 
 
 def model_input(folder: Path) -> list[int]:

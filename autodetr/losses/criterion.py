@@ -23,7 +23,7 @@ from autodetr.boxes import normalise_corners
 from autodetr.boxes_torch import centre_to_corners, elementwise_generalized_box_iou
 
 from .matchers import HungarianMatcher, Match, build_matcher
-from .segmentation import multiscale_segmentation_loss
+from .segmentation import weighted_segmentation_term
 
 
 def make_targets(
@@ -104,11 +104,9 @@ class SetCriterion(nn.Module):
             components[f"giou{tag}"] = float(loss_giou.detach())
             if not suffix:
                 components["num_positive"] = float(num_positive)
-        seg_logits = outputs.get("seg_logits") or []
-        if seg_target is not None and len(seg_logits) and self.weight_seg > 0:
-            strides = self.seg_strides if self.seg_strides is not None and len(self.seg_strides) == len(seg_logits) else None
-            loss_seg, _ = multiscale_segmentation_loss(seg_logits, seg_target.to(seg_logits[0].device).long(), strides)
-            total = total + self.weight_seg * loss_seg
-            components["seg"] = float(loss_seg.detach())
+        term, value = weighted_segmentation_term(outputs, seg_target, self.weight_seg, self.seg_strides)
+        if term is not None:
+            total = total + term
+            components["seg"] = value
         components["total"] = float(total.detach())
         return total, components

@@ -26,48 +26,75 @@ from torch import nn
 
 from autodetr.boxes_torch import centre_to_corners, elementwise_box_iou, elementwise_generalized_box_iou, generalized_box_iou_pairwise
 
-from .matchers import Match, assign_with_copies, dqm_duplicates
-from .segmentation import multiscale_segmentation_loss
+from .matchers import HungarianMatcher, Match, assign_with_copies, dqm_duplicates
+from .segmentation import weighted_segmentation_term
 
 #: Exponent of the Quality Focal Loss modulating factor (GFL's default).
 QFL_BETA = 2.0
 
 
-class GroupedMatcher(nn.Module):
+class GroupedMatcher(HungarianMatcher):
     """Per sample, `(query indices, ground-truth indices)` with every ground truth matched to `copies`
-    distinct queries of its own class group (module docstring)."""
+    distinct queries of its own class group (module docstring); weights as `HungarianMatcher`'s."""
 
-    def __init__(self, weight_class: float = 2.0, weight_l1: float = 5.0, weight_giou: float = 2.0, copies: int = 1) -> None:
-        super().__init__()
-        self.weight_class, self.weight_l1, self.weight_giou = weight_class, weight_l1, weight_giou
-        self.copies = int(copies)
+    def cost(self, logits: torch.Tensor, boxes: torch.Tensor, truth_boxes: torch.Tensor) -> torch.Tensor:
+        """[n, g] DETR cost of queries (score logits [n], boxes [n, 6]) against ground truths [g, 6]."""
+        boxes, truth_boxes = boxes.float(), truth_boxes.float()
+        return (self.weight_class * (-logits.float().sigmoid()[:, None]) + self.weight_l1 * torch.cdist(boxes, truth_boxes, p=1)
+                - self.weight_giou * generalized_box_iou_pairwise(centre_to_corners(boxes), centre_to_corners(truth_boxes)))
 
     @torch.no_grad()
     def forward(self, outputs: dict[str, Any], targets: Sequence[dict[str, torch.Tensor]]) -> list[Match]:
         classes = outputs["query_classes"]
         matches = []
         for logits, boxes, target in zip(outputs["pred_objectness"], outputs["pred_boxes"], targets):
-            rows_all, columns_all = [], []
             labels = target["labels"]
-            for label in torch.unique(labels).tolist():
-                group = torch.nonzero(classes == label).flatten()
-                truths = torch.nonzero(labels == label).flatten()
-                if group.numel() == 0:
-                    continue
-                score = logits[group].float().sigmoid()[:, None]
-                group_boxes, truth_boxes = boxes[group].float(), target["boxes"][truths].float()
-                cost = (self.weight_class * (-score) + self.weight_l1 * torch.cdist(group_boxes, truth_boxes, p=1)
-                        - self.weight_giou * generalized_box_iou_pairwise(centre_to_corners(group_boxes), centre_to_corners(truth_boxes)))
-                rows, columns = assign_with_copies(cost.cpu().numpy(), self.copies)
-                rows_all.append(group[torch.as_tensor(rows, device=group.device)])
-                columns_all.append(truths[torch.as_tensor(columns, device=truths.device)])
-            device = logits.device
-            if rows_all:
-                matches.append((torch.cat(rows_all).to(device), torch.cat(columns_all).to(device)))
-            else:
-                empty = torch.zeros(0, dtype=torch.int64, device=device)
-                matches.append((empty, empty.clone()))
+            unique = labels.numel() == torch.unique(labels).numel()
+            matches.append((self._one_per_class if unique else self._by_assignment)(logits, boxes, target, classes))
         return matches
+
+    def _by_assignment(self, logits: torch.Tensor, boxes: torch.Tensor, target: dict[str, torch.Tensor],
+                       classes: torch.Tensor) -> Match:
+        """Any number of instances per class: one exact assignment per class group (`assign_with_copies`)."""
+        rows_all, columns_all = [], []
+        labels = target["labels"]
+        for label in torch.unique(labels).tolist():
+            group = torch.nonzero(classes == label).flatten()
+            truths = torch.nonzero(labels == label).flatten()
+            if group.numel() == 0:
+                continue
+            cost = self.cost(logits[group], boxes[group], target["boxes"][truths])
+            rows, columns = assign_with_copies(cost.cpu().numpy(), self.copies)
+            rows_all.append(group[torch.as_tensor(rows, device=group.device)])
+            columns_all.append(truths[torch.as_tensor(columns, device=truths.device)])
+        if not rows_all:
+            empty = torch.zeros(0, dtype=torch.int64, device=logits.device)
+            return empty, empty.clone()
+        rows, columns = torch.cat(rows_all).to(logits.device), torch.cat(columns_all).to(logits.device)
+        order = torch.argsort(rows)
+        return rows[order], columns[order]
+
+    def _one_per_class(self, logits: torch.Tensor, boxes: torch.Tensor, target: dict[str, torch.Tensor],
+                       classes: torch.Tensor) -> Match:
+        """Every class at most once (organs): the exact assignment is, per ground truth, the `copies`
+        cheapest queries of its group (groups are disjoint, so nothing competes); one batched top-k."""
+        labels, truth_boxes = target["labels"], target["boxes"].float()
+        if labels.numel() == 0:
+            empty = torch.zeros(0, dtype=torch.int64, device=logits.device)
+            return empty, empty.clone()
+        cost = self.cost(logits, boxes, truth_boxes)
+        in_group = classes[:, None] == labels[None, :]
+        cost = torch.where(in_group, cost, torch.full_like(cost, float("inf")))
+        group_size = int(in_group.sum(0).min())
+        if group_size == 0:  # a class without queries: leave its ground truth unmatched
+            keep = in_group.any(0)
+            rows, columns = self._one_per_class(logits, boxes, {"labels": labels[keep], "boxes": truth_boxes[keep]}, classes)
+            return rows, torch.nonzero(keep).flatten()[columns]
+        count = min(self.copies, group_size)
+        rows = cost.topk(count, dim=0, largest=False).indices  # [count, G]
+        columns = torch.arange(labels.numel(), device=logits.device).expand(count, -1)
+        order = torch.argsort(rows.flatten())
+        return rows.flatten()[order], columns.flatten()[order]
 
 
 def build_grouped_matcher(plans: dict[str, Any], kind: str = "dqm") -> GroupedMatcher:
@@ -136,12 +163,10 @@ class GroupedSetCriterion(nn.Module):
             if not tag:
                 components["iou"] = float(terms["iou"])
                 components["num_positive"] = float(terms["num_positive"])
-        seg_logits = outputs.get("seg_logits") or []
-        if seg_target is not None and len(seg_logits) and self.weight_seg > 0:
-            strides = self.seg_strides if self.seg_strides is not None and len(self.seg_strides) == len(seg_logits) else None
-            loss_seg, _ = multiscale_segmentation_loss(seg_logits, seg_target.to(seg_logits[0].device).long(), strides)
-            total = total + self.weight_seg * loss_seg
-            components["seg"] = float(loss_seg.detach())
+        term, value = weighted_segmentation_term(outputs, seg_target, self.weight_seg, self.seg_strides)
+        if term is not None:
+            total = total + term
+            components["seg"] = value
         components["total"] = float(total.detach())
         return total, components
 

@@ -16,7 +16,7 @@ from autodetr.atomic_io import read_json, write_json
 from autodetr.detector import OBJECTIVES, check_objective
 from autodetr.errors import InputError
 from autodetr.paths import dataset_name_from_id, preprocessed_root, results_root
-from autodetr.planners.planner import PLANS_NAME, TRAINING_DEFAULTS, _set_path, parse_override
+from autodetr.planners.planner import DERIVED_FROM, PLANS_NAME, TRAINING_DEFAULTS, _set_path, parse_override, recompute_derived
 
 TRAINER_NAME = "autodetrTrainer"
 
@@ -59,9 +59,11 @@ def apply_overrides(plans: dict, overrides: Sequence[str] | dict | None) -> dict
     """`--set KEY=VALUE` (dotted keys, JSON values) on the plans; unknown keys are an InputError."""
     if not overrides:
         return plans
-    items = overrides.items() if isinstance(overrides, dict) else [parse_override(text) for text in overrides]
+    items = list(overrides.items()) if isinstance(overrides, dict) else [parse_override(text) for text in overrides]
     for key, value in items:
         _set_path(plans, key, value)
+    if any(key in DERIVED_FROM for key, _ in items):
+        recompute_derived(plans)
     return plans
 
 

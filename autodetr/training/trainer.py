@@ -525,6 +525,8 @@ class Trainer:
             return None
         from tqdm import tqdm
 
+        if self.setup.max_minutes:
+            return BudgetProgress(self, epoch)
         return tqdm(total=self.iterations, initial=self.iteration, desc=f"epoch {epoch + 1}/{self.epochs}",
                     unit="it", leave=False, mininterval=1.0, file=sys.stderr, dynamic_ncols=True)
 
@@ -628,6 +630,34 @@ class Trainer:
             self._save("checkpoint_best.pt")
             self.log(f"new best validation mAP {value:.4f}: checkpoint_best.pt")
         return metrics
+
+
+class BudgetProgress:
+    """Progress bar of a `--max-minutes` run: the time budget used and left (not "epoch 1/10000"), with the
+    epoch, the optimizer steps and the loss; `update()` after every step."""
+
+    def __init__(self, trainer: "Trainer", epoch: int) -> None:
+        from tqdm import tqdm
+
+        self.trainer, self.epoch = trainer, epoch
+        total = int(round(60.0 * float(trainer.setup.max_minutes)))
+        self.bar = tqdm(total=total, initial=min(total, int(trainer._elapsed())), unit="s", leave=False, mininterval=1.0,
+                        file=sys.stderr, dynamic_ncols=True,
+                        bar_format="{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} s of the budget, ~{remaining} left{postfix}")
+        self._describe()
+
+    def _describe(self) -> None:
+        self.bar.set_description(f"epoch {self.epoch + 1}, step {self.trainer.global_step}", refresh=False)
+
+    def set_postfix(self, refresh: bool = False, **values: Any) -> None:
+        self.bar.set_postfix(refresh=refresh, **values)
+
+    def update(self) -> None:
+        self._describe()
+        self.bar.update(max(0, min(self.bar.total, int(self.trainer._elapsed())) - self.bar.n))
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def atlas_prior_metrics(plans: dict, val_files: Sequence[CaseFiles]) -> dict:
