@@ -74,7 +74,9 @@ def tiny_plan(dataset_id: int = DATASET_ID) -> Path:
     """Plan and preprocess with the CPU preset at the tiny input size; returns the plans folder."""
     from autodetr.planners.plan_and_preprocess_api import plan_and_preprocess
 
-    return plan_and_preprocess(dataset_id, preset="cpu", num_processes=1, input_size=TINY_INPUT_SIZE)
+    # the left-right mirror (off by default with class-anchored queries) is on, so --tta has a mirrored copy to fuse
+    return plan_and_preprocess(dataset_id, preset="cpu", num_processes=1, input_size=TINY_INPUT_SIZE,
+                               overrides={"training.augmentation.p_mirror": 0.25})
 
 
 def train_tiny_folds(dataset_id: int = DATASET_ID, folds=TRAINED_FOLDS, iterations: int = TRAIN_ITERATIONS,

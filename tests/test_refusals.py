@@ -231,7 +231,7 @@ def test_full_disk_is_one_line(roots, tmp_path):
         from autodetr.planners.entrypoints import plan_and_preprocess_entry
         plan_and_preprocess_entry(["-d", "601", "-np", "1", "--preset", "cpu"])
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     lines = error_lines(result.stderr)
     assert result.returncode != 0 and "Traceback" not in result.stderr
@@ -332,7 +332,7 @@ def test_second_run_on_a_locked_plans_folder_is_refused(roots, capsys):
             with folder_lock({str(folder)!r}, "test"):
                 print("locked", flush=True)
                 time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True)
+        """)], stdout=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
     try:
         assert holder.stdout.readline().strip() == "locked"
         code, err = run(capsys, "-d", "601")
@@ -416,7 +416,7 @@ def test_stale_partial_file_removed_on_next_run(roots, capsys):
     make_dataset(roots["raw"], num_cases=2)
     plan_ok(capsys)
     folder = plans_folder(roots)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, encoding="utf-8", errors="replace")
     dead_pid = int(dead.stdout)
     stale = folder / f".case_001.npz.{dead_pid}-abcdefgh.partial.npz"
     live = folder / f".case_000.npz.{os.getpid()}-abcdefgh.partial.npz"

@@ -194,7 +194,7 @@ def test_ctrl_c_saves_and_resume_matches(dataset_env: Path, reference_run: Path)
                "--iters-per-epoch", "3", "--device", "cpu", "--num-workers", "1", "--seed", str(REFERENCE_SEED),
                "--no-progress-bar"]
     folder = dataset_env / reference_run.parent.parent.name / reference_run.parent.name / "fold_0"
-    process = subprocess.Popen(command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
     log = folder / "training_log.txt"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
@@ -218,7 +218,7 @@ def test_ddp_two_processes_on_cpu(dataset_env: Path, tiny_dataset: dict) -> None
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "autodetr.training.entrypoints", str(DATASET_ID), "fold1", "--epochs", "2",
                "--iters-per-epoch", "2", "--device", "cpu", "--num-workers", "0", "--no-progress-bar"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     folder = dataset_env / tiny_dataset["name"] / "autodetrTrainer_dqm__autodetrPlans" / "fold_1"
     final = _checkpoint(folder, "checkpoint_final.pt")
