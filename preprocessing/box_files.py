@@ -21,7 +21,6 @@ augmentation, where targets are the bounding boxes of the augmented map. The box
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -31,6 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from autodetr.atomic_io import read_json
 from autodetr.errors import InputError
 from autodetr.preprocessing.raw_dataset import (
     CaseData, Geometry, OrganClass, RawCase, list_cases, organ_classes, read_case, read_images,
@@ -125,12 +125,7 @@ def read_box_file(
     only `box_voxel` boxes can be read and the image bounds are not checked. Every problem raises
     InputError with the file, the box number and class, and what is wrong."""
     path = Path(path)
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: cannot read box file ({error})") from None
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+    content = read_json(path)
     entries = content.get("boxes") if isinstance(content, dict) else None
     if not isinstance(entries, list):
         raise InputError(f"{path}: not a box file; expected {BOX_FILE_EXAMPLE}")

@@ -41,7 +41,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from autodetr.atomic_io import atomic_path, write_json
+from autodetr.atomic_io import atomic_path, read_json, write_json
 from autodetr.boxes import boxes_from_label_map
 from autodetr.errors import InputError
 from autodetr.evaluation.calibration import (
@@ -192,12 +192,7 @@ def load_prediction(path: str | os.PathLike) -> dict:
 
     Raises InputError (naming the file) when the file is not valid JSON or not in the format."""
     path = Path(path)
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: cannot read prediction file ({error})") from error
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from error
+    content = read_json(path)
     if not isinstance(content, dict) or not isinstance(content.get("detections"), list):
         raise InputError(f"{path}: not a prediction file (needs a 'detections' list)")
     content.setdefault("case", _case_name_from_file(path))
