@@ -352,7 +352,7 @@ def comparison_rows(tools: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], 
                 stages.append(stage)
     for stage in stages:
         rows.append([f"{stage} s"] + [cell(_stage(tools[n], stage, "wall_s"), 1) for n in names])
-    for stage in stages:
+    for stage in [s for s in stages if any(_stage(tools[n], s, "peak_rss_mb") is not None for n in names)]:
         rows.append([f"{stage} peak MB (process / tree)"]
                     + [None if _stage(tools[n], stage, "peak_rss_mb") is None else
                        f"{cell(_stage(tools[n], stage, 'peak_rss_mb'), 0)} / {cell(_stage(tools[n], stage, 'peak_tree_rss_mb'), 0)}"

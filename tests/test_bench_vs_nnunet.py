@@ -172,7 +172,8 @@ def test_comparison_table_one_column_per_tool() -> None:
                                  "per_class": {"liver": {"AP": 0.25, "AP50": 0.9, "AR": 0.3},
                                                "spleen": {"AP": -1.0, "AP50": -1.0, "AR": -1.0}}},
                      "training": {"steps": 1446, "iterations_per_second": 1.234},
-                     "stages": {"train": {"wall_s": 1210.04, "peak_rss_mb": 1440.2, "peak_tree_rss_mb": 2001.0}}},
+                     "stages": {"train": {"wall_s": 1210.04, "peak_rss_mb": 1440.2, "peak_tree_rss_mb": 2001.0},
+                                "evaluate": {"wall_s": 0.93}}},
         "nnU-Net v2": {"configuration": None, "stages": {}, "training": {}, "metrics": None,
                        "error": "nnUNetv2_train exited with 1 after 3.0 s (log x):\nTraceback ..."},
     }
@@ -183,6 +184,7 @@ def test_comparison_table_one_column_per_tool() -> None:
     assert table["liver AP / AP50 / AR"] == ["0.25 / 0.90 / 0.30", None]
     assert table["spleen AP / AP50 / AR"] == ["no GT / no GT / no GT", None]
     assert table["train peak MB (process / tree)"] == ["1440 / 2001", None]
+    assert table["evaluate s"] == ["0.9", "-"] and "evaluate peak MB (process / tree)" not in table   # in-process
     assert table["error"] == [None, "nnUNetv2_train exited with 1 after 3.0 s (log x):"]
     text = nnunet_peer.comparison_table(tools).splitlines()
     assert text[0].split() == ["measure", "autodetr", "nnU-Net", "v2"]
