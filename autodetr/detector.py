@@ -196,14 +196,11 @@ class DRMMCriterion(nn.Module):
     def forward(
         self, outputs: dict[str, Any], targets: Sequence[dict[str, torch.Tensor]], seg_target: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        from autodetr.losses.segmentation import weighted_segmentation_term
+        from autodetr.losses.segmentation import add_segmentation_term
 
         total, components = self.drmm(outputs["drmm"], targets)
         components = dict(components)
-        term, value = weighted_segmentation_term(outputs, seg_target, self.weight_seg, self.seg_strides)
-        if term is not None:
-            total = total + term
-            components["seg"] = value
+        total = add_segmentation_term(total, components, outputs, seg_target, self.weight_seg, self.seg_strides)
         components["total"] = float(total.detach())
         return total, components
 

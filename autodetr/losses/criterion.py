@@ -23,7 +23,7 @@ from autodetr.boxes import normalise_corners
 from autodetr.boxes_torch import centre_to_corners, elementwise_generalized_box_iou
 
 from .matchers import HungarianMatcher, Match, build_matcher
-from .segmentation import weighted_segmentation_term
+from .segmentation import add_segmentation_term
 
 
 def make_targets(
@@ -104,9 +104,6 @@ class SetCriterion(nn.Module):
             components[f"giou{tag}"] = float(loss_giou.detach())
             if not suffix:
                 components["num_positive"] = float(num_positive)
-        term, value = weighted_segmentation_term(outputs, seg_target, self.weight_seg, self.seg_strides)
-        if term is not None:
-            total = total + term
-            components["seg"] = value
+        total = add_segmentation_term(total, components, outputs, seg_target, self.weight_seg, self.seg_strides)
         components["total"] = float(total.detach())
         return total, components

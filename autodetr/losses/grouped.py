@@ -27,7 +27,7 @@ from torch import nn
 from autodetr.boxes_torch import centre_to_corners, elementwise_box_iou, elementwise_generalized_box_iou, generalized_box_iou_pairwise
 
 from .matchers import HungarianMatcher, Match, assign_with_copies, dqm_duplicates
-from .segmentation import weighted_segmentation_term
+from .segmentation import add_segmentation_term
 
 #: Exponent of the Quality Focal Loss modulating factor (GFL's default).
 QFL_BETA = 2.0
@@ -163,10 +163,7 @@ class GroupedSetCriterion(nn.Module):
             if not tag:
                 components["iou"] = float(terms["iou"])
                 components["num_positive"] = float(terms["num_positive"])
-        term, value = weighted_segmentation_term(outputs, seg_target, self.weight_seg, self.seg_strides)
-        if term is not None:
-            total = total + term
-            components["seg"] = value
+        total = add_segmentation_term(total, components, outputs, seg_target, self.weight_seg, self.seg_strides)
         components["total"] = float(total.detach())
         return total, components
 

@@ -110,15 +110,17 @@ def multiscale_segmentation_loss(
     return total, per_level
 
 
-def weighted_segmentation_term(
-    outputs: dict, seg_target: torch.Tensor | None, weight: float, strides: Sequence[Sequence[int]] | None
-) -> tuple[torch.Tensor | None, float | None]:
-    """`weight * L_seg` of the model output's `seg_logits` (Eq. 8's last term) and the unweighted value, or
-    `(None, None)` when there is no target, no segmentation output or a zero weight. `strides` are used when
-    there is one per level."""
+def add_segmentation_term(
+    total: torch.Tensor, components: dict[str, float], outputs: dict, seg_target: torch.Tensor | None, weight: float,
+    strides: Sequence[Sequence[int]] | None,
+) -> torch.Tensor:
+    """`total + weight * L_seg` of the model output's `seg_logits` (Eq. 8's last term), recording the unweighted
+    value as `components["seg"]`; `total` unchanged when there is no target, no segmentation output or a zero
+    weight. `strides` are used when there is one per level."""
     seg_logits = outputs.get("seg_logits") or []
     if seg_target is None or not len(seg_logits) or weight <= 0:
-        return None, None
+        return total
     level_strides = strides if strides is not None and len(strides) == len(seg_logits) else None
     loss, _ = multiscale_segmentation_loss(seg_logits, seg_target.to(seg_logits[0].device).long(), level_strides)
-    return weight * loss, float(loss.detach())
+    components["seg"] = float(loss.detach())
+    return total + weight * loss
