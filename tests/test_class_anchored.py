@@ -62,22 +62,13 @@ def test_anchors_start_at_the_median_and_spread_over_the_range() -> None:
 
 @pytest.fixture(scope="module")
 def phantom_plans(tmp_path_factory: pytest.TempPathFactory):
-    import os
-
     base = tmp_path_factory.mktemp("anchored")
-    saved = {k: os.environ.get(k) for k in ("AUTODETR_raw", "AUTODETR_preprocessed", "AUTODETR_results")}
-    for kind in ("raw", "preprocessed", "results"):
-        (base / kind).mkdir()
-        os.environ[f"AUTODETR_{kind}"] = str(base / kind)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        for kind in ("raw", "preprocessed", "results"):
+            (base / kind).mkdir()
+            patch.setenv(f"AUTODETR_{kind}", str(base / kind))
         make_phantom_dataset(base / "raw", dataset_id=500, num_cases=5, num_test_cases=0, size="small", seed=3, num_processes=1)
         folder = plan_and_preprocess(500, preset="cpu", num_processes=1, rho=3, overrides=TINY_NETWORK)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     return folder, read_json(folder / "plans.json")
 
 
