@@ -187,11 +187,11 @@ class DRMMCriterion(nn.Module):
     def __init__(self, plans: dict[str, Any]) -> None:
         super().__init__()
         from autodetr.losses.drmm import DRMMLoss
-        from autodetr.model.backbone import feature_level_strides
+        from autodetr.model.fine_segmentation import segmentation_strides
 
         self.drmm = DRMMLoss.from_plans(plans)
         self.weight_seg = float(plans["loss"]["seg"])
-        self.seg_strides = feature_level_strides(plans)
+        self.seg_strides = segmentation_strides(plans)
 
     def forward(
         self, outputs: dict[str, Any], targets: Sequence[dict[str, torch.Tensor]], seg_target: torch.Tensor | None = None

@@ -60,9 +60,9 @@ class SetCriterion(nn.Module):
         self.weight_giou = float(loss["giou"])
         self.weight_seg = float(loss["seg"])
         if seg_strides is None and "network" in plans:
-            from autodetr.model.backbone import feature_level_strides
+            from autodetr.model.fine_segmentation import segmentation_strides
 
-            seg_strides = feature_level_strides(plans)
+            seg_strides = segmentation_strides(plans)
         self.seg_strides = seg_strides
         class_weight = torch.ones(self.num_classes + 1)
         class_weight[0] = float(loss["no_object_weight"])

@@ -122,7 +122,7 @@ class GroupedSetCriterion(nn.Module):
 
     def __init__(self, plans: dict[str, Any], matcher: str = "dqm") -> None:
         super().__init__()
-        from autodetr.model.backbone import feature_level_strides
+        from autodetr.model.fine_segmentation import segmentation_strides
 
         loss = plans["loss"]
         self.matcher = build_grouped_matcher(plans, matcher)
@@ -130,7 +130,7 @@ class GroupedSetCriterion(nn.Module):
         self.weight_l1 = float(loss["bbox"])
         self.weight_giou = float(loss["giou"])
         self.weight_seg = float(loss["seg"])
-        self.seg_strides = feature_level_strides(plans) if "network" in plans else None
+        self.seg_strides = segmentation_strides(plans) if "network" in plans else None
 
     def layer_losses(self, output: dict[str, torch.Tensor], targets: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         logits, boxes = output["pred_objectness"].float(), output["pred_boxes"].float()

@@ -12,9 +12,11 @@ with Organ-DETR's dense query matching (Eq. 5) inside each group:
 - A case is padded at the high end to the input size, so an anchor is placed in each case's valid
   region (Deformable DETR's valid ratios, generalised to a valid box that augmentation may move):
   `box = valid_low + anchor * valid_size` per centre coordinate, `size * valid_size` per size.
-- Mask-enhanced anchors (`mask_boxes`; the idea of Mask DINO's mask-enhanced anchor box initialisation,
-  Li et al., CVPR 2023): when the segmentation head of the finest MSA level finds class c in a case, the
-  group's slot-0 query starts at the box of that soft mask instead of the atlas median (detached, like
+- Mask-enhanced anchors (the idea of Mask DINO's mask-enhanced anchor box initialisation, Li et al.,
+  CVPR 2023): when the segmentation head finds class c in a case, the group's slot-0 query starts at the
+  box of that mask instead of the atlas median: `mask_extent_boxes` on the fine segmentation head's grid
+  (`autodetr.model.fine_segmentation`, plans from the planner), or `mask_boxes` (soft moments) on the
+  finest MSA level for plans without a fine head (detached, like
   the proposals of two-stage Deformable DETR). Dense segmentation learns far faster than box regression
   from queries, so the decoder starts near the organ and refines. Where the head finds nothing (always
   so for the untrained model: no class probability reaches `MASK_THRESHOLD`), the atlas anchor stays.
@@ -103,3 +105,52 @@ def mask_boxes(seg_logits: torch.Tensor, stride: "tuple[int, int, int]", input_s
             sizes.append(torch.sqrt(12 * variance + step ** 2))
         boxes = torch.cat([torch.stack(centres, -1), torch.stack(sizes, -1)], -1).clamp(1e-4, 1 - 1e-4)
         return boxes, mass > MASK_MIN_MASS
+
+
+def _edge(profile_max: torch.Tensor, inner: torch.Tensor, outer: torch.Tensor, step: float) -> torch.Tensor:
+    """Where the slice-maximum probability crosses `MASK_THRESHOLD` between the fine slices `outer` (below it,
+    or -1 / n past the grid) and `inner` (above it), in input voxels: linear interpolation between the two
+    slice centres, the grid's border when the mask touches it."""
+    length = profile_max.shape[-1]
+    inside_grid = (outer >= 0) & (outer < length)
+    p_inner = profile_max.gather(-1, inner[..., None])[..., 0]
+    p_outer = profile_max.gather(-1, outer.clamp(0, length - 1)[..., None])[..., 0]
+    fraction = ((MASK_THRESHOLD - p_outer) / (p_inner - p_outer).clamp(min=1e-6)).clamp(0, 1)
+    crossing = (outer.float() + 0.5 + fraction * (inner - outer).float()) * step
+    border = torch.where(outer < 0, torch.zeros_like(crossing), torch.full_like(crossing, length * step))
+    return torch.where(inside_grid, crossing, border)
+
+
+def mask_extent_boxes(seg_logits: torch.Tensor, stride: "tuple[int, int, int]", input_shape: "tuple[int, int, int]") -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes of the masks of a fine segmentation grid: `seg_logits` [B, C + 1, d, h, w] at `stride` ->
+    (`boxes` [B, C, 6] normalised centre boxes of the input, `found` [B, C] bool), no gradient.
+
+    A voxel belongs to class c where its probability exceeds `MASK_THRESHOLD`. Per axis, the box spans the
+    unbroken run of mask-holding slices around the slice with most mask voxels: the bounding box of the
+    mask, as boxes are taken from a segmentation network's output (nnU-Net, TotalSegmentator), except that
+    stray voxels separated from the organ by an empty slice are left out. Each edge is placed between the
+    last slice in and the first slice out where the slice's highest probability crosses the threshold
+    (linear interpolation between slice centres), so a box on a grid of stride s is not quantised to s.
+    A class counts as found when its mask covers at least one voxel of the grid."""
+    with torch.no_grad():
+        probabilities = seg_logits.detach().float().softmax(1)[:, 1:]  # [B, C, d, h, w]
+        masks = probabilities > MASK_THRESHOLD
+        found = masks.flatten(2).any(-1)
+        lows, highs = [], []
+        for axis in range(3):
+            other = tuple(2 + a for a in range(3) if a != axis)
+            counts = masks.sum(other)  # [B, C, n]: mask voxels per slice
+            profile_max = probabilities.amax(other)
+            length = counts.shape[-1]
+            index = torch.arange(length, device=counts.device)
+            peak = counts.argmax(-1, keepdim=True)
+            empty = counts == 0
+            first = torch.where(empty & (index < peak), index, -1).amax(-1) + 1  # first slice of the run
+            last = torch.where(empty & (index > peak), index, length).amin(-1) - 1
+            step = float(stride[axis])
+            lows.append(_edge(profile_max, first, first - 1, step) / float(input_shape[axis]))
+            highs.append(_edge(profile_max, last, last + 1, step) / float(input_shape[axis]))
+        low, high = torch.stack(lows, -1), torch.stack(highs, -1).clamp(max=1.0)
+        high = torch.maximum(high, low)
+        boxes = torch.cat([(low + high) / 2, high - low], -1).clamp(1e-4, 1 - 1e-4)
+        return boxes, found

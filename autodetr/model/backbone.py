@@ -141,7 +141,11 @@ class Backbone(nn.Module):
             for _ in used
         )
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        features = self.encoder(images)
+    def forward_with_stem(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(stem features, the L_h projected maps coarsest first)."""
+        stem, features = self.encoder.forward_with_stem(images)
         pyramid = self.neck([features[i] for i in self.used_levels])
-        return [project(level) for project, level in zip(self.projection, pyramid)]
+        return stem, [project(level) for project, level in zip(self.projection, pyramid)]
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.forward_with_stem(images)[1]

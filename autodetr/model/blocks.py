@@ -118,10 +118,14 @@ class StagedEncoder(nn.Module):
     stem: nn.Module
     stages: nn.ModuleList
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
+    def forward_with_stem(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(stem output, every stage's output finest first)."""
+        stem = x = self.stem(x)
         features = []
         for stage in self.stages:
             x = stage(x)
             features.append(x)
-        return features
+        return stem, features
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.forward_with_stem(x)[1]

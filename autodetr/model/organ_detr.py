@@ -15,7 +15,9 @@ decoder -> head. Built from a plans dict (`docs/architecture.md`).
 With class-anchored queries (`anchors` [N, 6] from the organ atlas, `autodetr.model.anchors`) the decoder
 starts every query at its class's anchor inside the sample's valid region (`valid_boxes`); with
 `network.mask_enhanced_anchors` the segmentation head of the finest MSA level runs in every forward and
-each class group's first query starts at the box of its soft mask where one is found.
+each class group's first query starts at the box of its soft mask where one is found; with
+`network.fine_segmentation` a fine head (`autodetr.model.fine_segmentation`) adds one more, finer
+segmentation output (last in `seg_logits`) and the mask boxes come from its grid.
 A replacement head (e.g. D-RMM) is passed as `head=`: a module called as
 `head(query_features, reference_boxes, refined_boxes) -> dict`, merged into the output.
 """
@@ -26,9 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .anchors import mask_boxes
+from .anchors import mask_boxes, mask_extent_boxes
 from .backbone import Backbone
 from .decoder import DeformableDecoder
+from .fine_segmentation import FineSegmentationHead, fine_segmentation_settings
 from .heads import DETRHead, SegmentationHead
 from .msa import MSAEncoder
 
@@ -65,20 +68,29 @@ class OrganDETR(nn.Module):
         )
         self.head = head if head is not None else DETRHead(hidden, num_classes, int(dec["layers"]))
         self.mask_enhanced = anchors is not None and bool(network.get("mask_enhanced_anchors", False))
+        fine = fine_segmentation_settings(network)
+        self.fine_segmentation = FineSegmentationHead(network, num_classes) if fine is not None else None
+        self.fine_stride = fine["stride"] if fine is not None else None
 
     def forward(self, images: torch.Tensor, with_segmentation: bool | None = None,
                 valid_boxes: torch.Tensor | None = None) -> dict[str, Any]:
         """`valid_boxes` [B, 6]: each sample's unpadded region as normalised corners (class-anchored
         queries place their anchors in it; None: the whole input)."""
         input_shape = tuple(images.shape[2:])
-        features = self.backbone(images)
+        stem, features = self.backbone.forward_with_stem(images)
         strides = self.backbone.strides
         encoded = self.encoder(features, strides, input_shape)
         scales = level_scales(input_shape, [tuple(f.shape[2:]) for f in encoded], strides, images.device)
         if with_segmentation is None:
             with_segmentation = self.training
         seg_logits = self.segmentation_head(encoded) if (with_segmentation or self.mask_enhanced) else []
-        proposals = mask_boxes(seg_logits[-1], strides[-1], input_shape) if self.mask_enhanced else None
+        if seg_logits and self.fine_segmentation is not None:
+            seg_logits.append(self.fine_segmentation(encoded[-1], seg_logits[-1], stem, images))
+        proposals = None
+        if self.mask_enhanced and self.fine_stride is not None:
+            proposals = mask_extent_boxes(seg_logits[-1], self.fine_stride, input_shape)
+        elif self.mask_enhanced:
+            proposals = mask_boxes(seg_logits[-1], strides[-1], input_shape)
         decoded = self.decoder(encoded, scales, valid_boxes, proposals)
         outputs: dict[str, Any] = dict(self.head(decoded.features, decoded.reference_boxes, decoded.refined_boxes))
         outputs["seg_logits"] = seg_logits if with_segmentation else []
