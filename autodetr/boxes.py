@@ -116,3 +116,30 @@ def generalized_box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     enclosing = np.prod(np.clip(enclosing_high - enclosing_low, 0, None), axis=-1)
     penalty = np.where(enclosing > 0, (enclosing - union) / np.where(enclosing > 0, enclosing, 1.0), 0.0)
     return iou - penalty
+
+
+def box_voxel_ranges(box: np.ndarray, shape: tuple[int, int, int]) -> list[slice]:
+    """Voxels whose centres lie in the half-open box (at least the voxel holding the box centre)."""
+    ranges = []
+    for axis in range(3):
+        low, high = float(box[axis]), float(box[axis + 3])
+        start = int(np.ceil(low - 0.5))
+        stop = int(np.ceil(high - 0.5))
+        if stop <= start:
+            start = int(np.floor((low + high) / 2))
+            stop = start + 1
+        start, stop = max(0, start), min(int(shape[axis]), stop)
+        ranges.append(slice(start, max(start, stop)))
+    return ranges
+
+
+def box_mask_array(boxes: np.ndarray, label_values: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Filled boxes drawn as their label values; larger boxes first, so a box inside another stays visible."""
+    label_values = np.asarray(label_values, dtype=np.int64)
+    dtype = np.uint8 if (label_values.max(initial=0) <= 255) else np.uint16
+    mask = np.zeros(tuple(int(s) for s in shape), dtype=dtype)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 6)
+    volumes = np.prod(np.clip(boxes[:, 3:] - boxes[:, :3], 0, None), axis=1)
+    for i in np.argsort(-volumes, kind="mergesort"):
+        mask[tuple(box_voxel_ranges(boxes[i], shape))] = label_values[i]
+    return mask

@@ -49,10 +49,13 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from autodetr.errors import InputError
+from autodetr.paths import CHECKPOINT_PREFERENCE
+from autodetr.plans import QUERY_KINDS, Plans
 
 __all__ = [
     "OBJECTIVES", "QUERY_KINDS", "CHECKPOINT_PREFERENCE", "query_kind", "plan_atlas", "initial_score_logits", "DRMMDecoderHead", "DRMMCriterion", "build_detector",
@@ -61,7 +64,6 @@ __all__ = [
 
 OBJECTIVES = ("dqm", "hungarian", "drmm")
 #: Checkpoints `load_trained_detector` looks for, in this order (best validation mAP first).
-CHECKPOINT_PREFERENCE = ("checkpoint_best.pt", "checkpoint_final.pt", "checkpoint_last.pt")
 
 
 def check_objective(objective: str) -> str:
@@ -99,17 +101,13 @@ def _zero_location_rows(gradient: torch.Tensor) -> torch.Tensor:
     return gradient
 
 
-QUERY_KINDS = ("class_anchored", "learned")
 #: Score logit of the non-median queries of a group below the median query's (untrained detector).
 SPREAD_SLOT_LOGIT_OFFSET = 2.0
 
 
 def query_kind(plans: dict[str, Any]) -> str:
-    """`plans["network"]["queries"]`; "learned" for plans written before the key existed."""
-    kind = str(plans["network"].get("queries", "learned"))
-    if kind not in QUERY_KINDS:
-        raise InputError(f"network.queries '{kind}': choose one of {', '.join(QUERY_KINDS)}")
-    return kind
+    """`network.queries` (`autodetr.plans.Plans.query_kind`; "learned" for plans written before the key)."""
+    return Plans.of(plans).query_kind
 
 
 def plan_atlas(plans: dict[str, Any]):
@@ -258,7 +256,6 @@ def to_original_voxels(boxes: Any, input_size: Sequence[int], restore: Any) -> "
     made voxel corners of that grid, clipped to the preprocessed image (`restore.preprocessed_shape`),
     mapped back with `restore.preprocessed_to_original` (a `preprocessing.restore.RestoreInfo`) and
     clipped to the original image shape."""
-    import numpy as np
 
     from autodetr.boxes import clip_boxes, denormalise_centre
 

@@ -41,7 +41,7 @@ def results_root() -> Path:
     return root("results")
 
 
-_DATASET_PATTERN = re.compile(r"^Dataset(\d{3})_(.+)$")
+DATASET_PATTERN = re.compile(r"^Dataset(\d{3})_(.+)$")
 #: Characters allowed in a dataset name after `DatasetXXX_` (no path separators, so a name is one folder).
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -70,7 +70,7 @@ def dataset_name_from_id(dataset: str | int, search_roots: list[Path] | None = N
     The raw root is searched first, then the preprocessed and results roots that are set.
     """
     text = str(dataset)
-    match = _DATASET_PATTERN.match(text)
+    match = DATASET_PATTERN.match(text)
     if match:
         check_folder_name(match.group(2))
         return text
@@ -97,9 +97,46 @@ def dataset_name_from_id(dataset: str | int, search_roots: list[Path] | None = N
 
 
 def dataset_id(dataset_name: str) -> int:
-    match = _DATASET_PATTERN.match(dataset_name)
+    match = DATASET_PATTERN.match(dataset_name)
     if match:
         check_folder_name(match.group(2))
     if not match:
         raise InputError(f"'{dataset_name}' is not a dataset name of the form DatasetXXX_Name")
     return int(match.group(1))
+
+
+# ----------------------------------------------------------------------------------------------------
+# results layout: $AUTODETR_results/DatasetXXX_Name/autodetrTrainer_<objective>__<plans>/fold_<k>/
+# ----------------------------------------------------------------------------------------------------
+
+#: Plans name of the planner (the preprocessed folder `$AUTODETR_preprocessed/<dataset>/<plans name>`).
+PLANS_NAME = "autodetrPlans"
+TRAINER_NAME = "autodetrTrainer"
+#: Checkpoints of a fold folder by their `--checkpoint` name.
+CHECKPOINT_NAMES = {"best": "checkpoint_best.pt", "final": "checkpoint_final.pt", "last": "checkpoint_last.pt"}
+#: The checkpoint a trained fold predicts with: the first of these that exists.
+CHECKPOINT_PREFERENCE = (CHECKPOINT_NAMES["best"], CHECKPOINT_NAMES["final"], CHECKPOINT_NAMES["last"])
+
+
+def parse_fold(fold: str | int) -> int | str:
+    """`fold0`..`fold4`, `0`..`4` (any non-negative index of splits_final.json) or `all`."""
+    text = str(fold).strip().lower()
+    if text == "all" or text == "fold_all":
+        return "all"
+    for prefix in ("fold_", "fold"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+            break
+    if not text.isdigit():
+        raise InputError(f"fold '{fold}': expected fold0..fold4, 0..4 or all")
+    return int(text)
+
+
+def trainer_folder_name(objective: str, plans_name: str = PLANS_NAME) -> str:
+    """`autodetrTrainer_<objective>__<plans name>`: the model folder of one objective and plan."""
+    return f"{TRAINER_NAME}_{objective}__{plans_name}"
+
+
+def fold_folder(dataset_name: str, fold: int | str, objective: str = "dqm", plans_name: str = PLANS_NAME) -> Path:
+    """`$AUTODETR_results/<dataset>/<trainer folder>/fold_<fold>`."""
+    return results_root() / dataset_name / trainer_folder_name(objective, plans_name) / f"fold_{fold}"

@@ -61,7 +61,7 @@ def roi_markup(
 
     `spacing` in array order (z, y, x), `origin` and `direction` as SimpleITK gives them (the prediction
     file's geometry keys)."""
-    from autodetr.evaluation.api import voxel_boxes_to_world
+    from autodetr.prediction_files import voxel_boxes_to_world
 
     corners = voxel_boxes_to_world(np.asarray(box_voxel, dtype=np.float64), spacing, origin, direction)[0]
     centre = corners.mean(axis=0)
@@ -124,7 +124,7 @@ def write_slicer_rois(
 def write_slicer_rois_from_prediction(prediction_file: str | os.PathLike, path: str | os.PathLike) -> Path:
     """`<case>.mrk.json` of a prediction JSON: one ROI per detection, the class name as its name and
     label, `score 0.931` as its description."""
-    from autodetr.evaluation.api import load_prediction
+    from autodetr.prediction_files import load_prediction
 
     content = load_prediction(prediction_file)
     if any(content.get(key) is None for key in ("spacing", "origin", "direction")):

@@ -154,7 +154,7 @@ def mask_to_prediction(mask_file: Path, prediction_file: Path, class_names: Mapp
     import SimpleITK as sitk
 
     from autodetr.boxes import boxes_from_label_map
-    from autodetr.evaluation.api import image_geometry, write_prediction
+    from autodetr.prediction_files import image_geometry, write_prediction
 
     image = sitk.ReadImage(str(mask_file))
     label_map = sitk.GetArrayFromImage(image).astype(np.int64, copy=False)

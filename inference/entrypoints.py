@@ -5,6 +5,7 @@ import argparse
 import sys
 import textwrap
 
+from autodetr.devices import DEVICE_HELP
 from autodetr.errors import cli_main
 from autodetr.inference.ensemble import DEFAULT_IOU_THRESHOLD
 from autodetr.inference.predict_api import CHECKPOINT_NAMES, DEFAULT_MODEL
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "axis (the only mirror training uses), with left/right organ classes (plans lateral_pairs) "
                         "swapped back, and fuse it with the folds (2x the time); nothing to add when the model was "
                         "trained without mirroring")
-    parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("-np", "--num-processes", type=int, default=2,
                         help="worker processes that read and preprocess cases ahead of the prediction (default 2; "
                         "1 = everything in this process)")

@@ -22,7 +22,7 @@ import numpy as np
 
 from autodetr.errors import InputError
 from autodetr.inference.dicom import DicomSeries, find_dicom_series, read_dicom_series
-from autodetr.preprocessing.raw_dataset import Geometry, _array, read_images
+from autodetr.preprocessing.raw_dataset import Geometry, image_array, read_images
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")
 _CHANNEL = re.compile(r"^(.*)_(\d{4})$")
@@ -149,6 +149,6 @@ def read_input_case(case: InputCase) -> tuple[np.ndarray, Geometry]:
         raise InputError(f"{case.source}: {case.error}")
     if case.dicom is not None:
         image = read_dicom_series(case.dicom.files, case.case_id)
-        array = _array(image, Path(case.dicom.files[0]).parent, np.float32)[None]
+        array = image_array(image, Path(case.dicom.files[0]).parent, np.float32)[None]
         return array, Geometry.from_image(image)
     return read_images(case.image_files)

@@ -13,7 +13,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from autodetr.atomic_io import atomic_path
-from autodetr.evaluation.api import find_prediction_files, load_prediction, write_prediction
+from autodetr.boxes import box_mask_array
+from autodetr.prediction_files import find_prediction_files, load_prediction, write_prediction
 from autodetr.preprocessing.raw_dataset import Geometry
 
 CSV_NAME = "boxes.csv"
@@ -64,33 +65,6 @@ def write_case_prediction(
 ) -> None:
     """One case's detections (original voxel corner boxes) with their world-mm corners, atomically."""
     write_prediction(path, case_id, boxes, scores, label_values, class_names, extra=extra, **geometry_keywords(geometry))
-
-
-def box_voxel_ranges(box: np.ndarray, shape: tuple[int, int, int]) -> list[slice]:
-    """Voxels whose centres lie in the half-open box (at least the voxel holding the box centre)."""
-    ranges = []
-    for axis in range(3):
-        low, high = float(box[axis]), float(box[axis + 3])
-        start = int(np.ceil(low - 0.5))
-        stop = int(np.ceil(high - 0.5))
-        if stop <= start:
-            start = int(np.floor((low + high) / 2))
-            stop = start + 1
-        start, stop = max(0, start), min(int(shape[axis]), stop)
-        ranges.append(slice(start, max(start, stop)))
-    return ranges
-
-
-def box_mask_array(boxes: np.ndarray, label_values: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """Filled boxes drawn as their label values; larger boxes first, so a box inside another stays visible."""
-    label_values = np.asarray(label_values, dtype=np.int64)
-    dtype = np.uint8 if (label_values.max(initial=0) <= 255) else np.uint16
-    mask = np.zeros(tuple(int(s) for s in shape), dtype=dtype)
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 6)
-    volumes = np.prod(np.clip(boxes[:, 3:] - boxes[:, :3], 0, None), axis=1)
-    for i in np.argsort(-volumes, kind="mergesort"):
-        mask[tuple(box_voxel_ranges(boxes[i], shape))] = label_values[i]
-    return mask
 
 
 def write_box_mask(path: Path, boxes: np.ndarray, label_values: np.ndarray, geometry: Geometry) -> None:

@@ -37,7 +37,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from autodetr.boxes import clip_boxes, denormalise_centre
+from autodetr import paths
+from autodetr.devices import resolve_device
 from autodetr.errors import InputError
+from autodetr.plans import Plans
 from autodetr.inference.ensemble import DEFAULT_IOU_THRESHOLD, fuse_detections
 from autodetr.inference.inputs import InputCase, discover_cases, read_input_case
 from autodetr.inference.outputs import (
@@ -51,10 +54,8 @@ from autodetr.inference.outputs import (
 from autodetr.preprocessing.raw_dataset import Geometry
 from autodetr.slicer_markups import markups_path, write_slicer_rois_from_prediction
 
-DEFAULT_TRAINER = "autodetrTrainer_dqm"
-DEFAULT_PLANS = "autodetrPlans"
-DEFAULT_MODEL = f"{DEFAULT_TRAINER}__{DEFAULT_PLANS}"
-CHECKPOINT_NAMES = {"best": "checkpoint_best.pt", "final": "checkpoint_final.pt", "last": "checkpoint_last.pt"}
+DEFAULT_MODEL = paths.trainer_folder_name("dqm")
+CHECKPOINT_NAMES = paths.CHECKPOINT_NAMES
 #: Plans keys that must agree between the folds of one ensemble (they fix preprocessing and outputs).
 SHARED_PLANS_KEYS = ("classes", "input_size", "spacing", "transpose_forward", "normalization",
                      "foreground_intensity_properties_per_channel", "resampling", "channel_names")
@@ -85,11 +86,10 @@ def resolve_model_folder(dataset: str | int | None = None, model: str | None = N
         if not folder.is_dir():
             raise InputError(f"{folder}: model folder does not exist")
         return folder
-    from autodetr import paths
 
     results = paths.results_root()
     if dataset is None:
-        candidates = sorted(p.name for p in results.iterdir() if p.is_dir() and paths._DATASET_PATTERN.match(p.name)) \
+        candidates = sorted(p.name for p in results.iterdir() if p.is_dir() and paths.DATASET_PATTERN.match(p.name)) \
             if results.is_dir() else []
         if not candidates:
             raise InputError(f"{results}: no trained datasets (DatasetXXX_Name folders); train one first or give -m PATH")
@@ -158,7 +158,7 @@ class Variant:
 def lateral_axis(geometry: Geometry, transpose_forward: Sequence[int]) -> int:
     """The preprocessed axis that runs closest to the patient's left-right (world x) direction (the
     training data loader's own rule, `autodetr.training.dataset.left_right_axis`)."""
-    from autodetr.training.dataset import left_right_axis
+    from autodetr.preprocessing.case_arrays import left_right_axis
 
     return left_right_axis(transpose_forward, geometry.direction)
 
@@ -208,7 +208,7 @@ def mirror_boxes(boxes: np.ndarray, axes: Sequence[int], shape: Sequence[int]) -
 def pad_to_input(image: np.ndarray, input_size: Sequence[int]) -> np.ndarray:
     """`[C, d, h, w]` padded at the high end of each axis to `input_size` with the normalised background,
     exactly as the training data loader pads (`autodetr.training.dataset.pad_to_input`: the image minimum)."""
-    from autodetr.training.dataset import pad_to_input as training_pad
+    from autodetr.preprocessing.case_arrays import pad_to_input as training_pad
 
     padded, _ = training_pad(np.ascontiguousarray(image, dtype=np.float32), None, input_size)
     return padded
@@ -253,10 +253,12 @@ class EnsemblePredictor:
             self.members.append(Member(fold, model, str(arguments.get("objective", "dqm")), str(arguments.get("checkpoint", ""))))
         if self.plans is None:
             raise InputError("no folds to predict with")
-        self.input_size = [int(s) for s in self.plans["input_size"]]
-        self.class_names = {int(c["label_value"]): str(c["name"]) for c in self.plans["classes"]}
-        self.label_values = {int(c["index"]): int(c["label_value"]) for c in self.plans["classes"]}
-        self.num_channels = int(self.plans.get("network", {}).get("in_channels", len(self.plans.get("channel_names", {"0": 0}))))
+        view = Plans.of(self.plans)
+        self.input_size = view.input_size
+        self.class_names = view.class_names
+        self.label_values = view.label_values
+        self.num_channels = view.in_channels
+        self.lateral_pairs = view.lateral_pairs
 
     def _forward(self, member: Member, image: np.ndarray, valid_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Detections of one padded input; `valid_shape` is the case's unpadded shape."""
@@ -277,7 +279,7 @@ class EnsemblePredictor:
         `scores`, `labels` (class indices), `support`, `members` (how many predictions were fused)."""
         shape = image.shape[1:]
         variants = tta_variants(self.plans, geometry) if self.tta else [Variant()]
-        pairs = self.plans.get("lateral_pairs") or []
+        pairs = self.lateral_pairs
         all_boxes, all_scores, all_labels = [], [], []
         for variant in variants:
             flipped = np.flip(image, axis=[a + 1 for a in variant.axes]) if variant.axes else image
@@ -330,8 +332,9 @@ def _load_and_preprocess(case: InputCase, plans: dict):
 
     try:
         image, geometry = read_input_case(case)
-        if image.shape[0] != int(plans.get("network", {}).get("in_channels", image.shape[0])):
-            raise InputError(f"{case.source}: {image.shape[0]} channel(s), the model takes {plans['network']['in_channels']}")
+        channels = Plans.of(plans).in_channels
+        if image.shape[0] != channels:
+            raise InputError(f"{case.source}: {image.shape[0]} channel(s), the model takes {channels}")
         return preprocess_image(image, geometry, plans)
     except InputError as error:
         return str(error)
@@ -409,7 +412,7 @@ def _is_done(output_folder: Path, case_id: str) -> bool:
     if not path.is_file():
         return False
     try:
-        from autodetr.evaluation.api import load_prediction
+        from autodetr.prediction_files import load_prediction
 
         load_prediction(path)
         return True
@@ -463,8 +466,7 @@ def predict(
             read_json(fold_folder / "arguments.json", expected=dict)
     plans = read_json(fold_folders[0] / "plans.json", expected=dict)
     remove_stale_partials(output)
-    num_channels = int(plans.get("network", {}).get("in_channels", 1))
-    cases = discover_cases(input_path, num_channels, exclude=output)
+    cases = discover_cases(input_path, Plans.of(plans).in_channels, exclude=output)
     output.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary(model_folder=model_folder, folds=[f.name for f in fold_folders])
 
@@ -528,20 +530,3 @@ def predict(
         bar.close()
     summary.csv = write_boxes_csv(output)
     return summary
-
-
-def resolve_device(device: str) -> str:
-    """`auto` -> `cuda` when available, else `cpu`; other values are checked."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available (torch {torch.__version__})")
-    if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise InputError("--device mps: MPS is not available")
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise InputError(f"--device {device}: not a torch device (use auto, cpu, cuda, cuda:1, mps)") from None
-    return device

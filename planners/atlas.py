@@ -122,7 +122,7 @@ def atlas_from_cases(
 
 def atlas_from_preprocessed(folder: Path, case_ids: Sequence[str], num_classes: int, source: str | None = None) -> OrganAtlas:
     """The atlas of preprocessed cases `<folder>/<case>.npz` (boxes, classes) + `<case>.json` (shape)."""
-    from autodetr.training.dataset import load_case_boxes
+    from autodetr.preprocessing.case_arrays import load_case_boxes
 
     boxes, classes, shapes = [], [], []
     for case_id in case_ids:

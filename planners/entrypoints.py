@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from autodetr.errors import cli_main
-from autodetr.planners.planner import DEFAULT_LAMBDA, DEFAULT_RHO, PLANS_NAME, PRESETS, parse_override
+from autodetr.plans import parse_override
+from autodetr.planners.planner import DEFAULT_LAMBDA, DEFAULT_RHO, PLANS_NAME, PRESETS
 
 
 def build_parser() -> argparse.ArgumentParser:

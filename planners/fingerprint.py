@@ -3,8 +3,6 @@ plus the detection statistics the planner needs (box sizes per class in mm, pres
 class, organs per case, boxes that touch the volume border, body extent in mm)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
 

@@ -21,10 +21,7 @@ the planner chose what it chose. Decisions, in order:
 from __future__ import annotations
 
 import copy
-import json
-import math
 from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
@@ -32,28 +29,10 @@ from nnunetv2.experiment_planning.experiment_planners.network_topology import ge
 from nnunetv2.preprocessing.resampling.default_resampling import ANISO_THRESHOLD
 
 from autodetr.errors import InputError
+from autodetr.paths import PLANS_NAME
 from autodetr.preprocessing.raw_dataset import OrganClass
-from autodetr.training.augmentation import DEFAULT_AUGMENTATION
+from autodetr.plans import DERIVED_FROM, TRAINING_DEFAULTS, eta_of, query_count, recompute_derived, set_path
 
-PLANS_NAME = "autodetrPlans"
-
-#: `plans["training"]` keys the trainer reads, with the values used when a plan lacks them.
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "batch_size": 2,
-    "learning_rate": 2e-4,
-    "backbone_lr_factor": 1.0,
-    "sampling_lr_factor": 0.1,
-    "weight_decay": 1e-4,
-    "warmup_iterations": 100,
-    "grad_clip_norm": 0.1,
-    "epochs": 100,
-    "iterations_per_epoch": 50,
-    "lr_schedule": "cosine",
-    "final_lr_factor": 0.01,
-    "amp": True,
-    "find_unused_parameters": False,
-    "augmentation": copy.deepcopy(DEFAULT_AUGMENTATION),
-}
 
 #: Budgets per preset. Voxel budgets: CPU measured on 2 cores (docs/architecture.md), GPU after the
 #: 160 x 160 x 256 whole-CT inputs of the 3D DETR literature.
@@ -85,34 +64,8 @@ DEFAULT_LAMBDA = 0.2
 LATERAL_SUFFIXES = (("_left", "_right"), ("left_", "right_"))
 
 
-def query_count(kind: str, rho: float, most_organs: int, num_classes: int) -> int:
-    """N = rho * C for class-anchored queries (rho per class), N = rho * M for learned queries (Organ-DETR)."""
-    if kind == "class_anchored":
-        return int(math.ceil(rho)) * max(1, num_classes)
-    if kind == "learned":
-        return int(math.ceil(rho * most_organs))
-    raise InputError(f"network.queries '{kind}': choose class_anchored or learned")
-
-
 #: Channels of the fine segmentation head (`autodetr.model.fine_segmentation`).
 FINE_SEGMENTATION_CHANNELS = 16
-
-#: Plan keys whose override changes eta and the number of queries (`recompute_derived`).
-DERIVED_FROM = ("matching.rho", "matching.lambda", "network.queries")
-
-
-def recompute_derived(plans: dict) -> dict:
-    """eta and N again after an override of rho, lambda or the query kind (at planning or training time)."""
-    matching, network = plans["matching"], plans["network"]
-    matching["eta"] = int(min(5, max(1, math.ceil(float(matching["lambda"]) * float(matching["rho"])))))
-    kind = network.get("queries", "learned")
-    network["num_queries"] = query_count(kind, float(matching["rho"]), int(matching["M"]), len(plans["classes"]))
-    decisions = plans.setdefault("decisions", {})
-    decisions["num_queries"] = (f"N = rho * C = {matching['rho']} * {len(plans['classes'])} (class-anchored: rho queries per class)"
-                                if kind == "class_anchored" else
-                                f"N = rho * M = {matching['rho']} * {matching['M']} (M: most organs in a training case)")
-    return plans
-
 
 def base_target_spacing(fingerprint: dict) -> np.ndarray:
     """nnU-Net's full-resolution target spacing (z, y, x), computed by nnU-Net's own planner method."""
@@ -153,29 +106,6 @@ def lateral_pairs(classes: list[OrganClass]) -> list[list[int]]:
                 if partner is not None and [index, partner] not in pairs:
                     pairs.append([index, partner])
     return pairs
-
-
-def _set_path(plans: dict, dotted: str, value) -> None:
-    node = plans
-    keys = dotted.split(".")
-    for key in keys[:-1]:
-        if key not in node or not isinstance(node[key], dict):
-            raise InputError(f"override '{dotted}': plans have no section '{key}'")
-        node = node[key]
-    if keys[-1] not in node:
-        raise InputError(f"override '{dotted}': plans have no key '{keys[-1]}' (see plans.json for the keys)")
-    node[keys[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    """`network.hidden_dim=128` -> ("network.hidden_dim", 128); values are JSON, else strings."""
-    if "=" not in text:
-        raise InputError(f"override '{text}': expected KEY=VALUE, e.g. network.hidden_dim=128")
-    key, value = text.split("=", 1)
-    try:
-        return key.strip(), json.loads(value)
-    except json.JSONDecodeError:
-        return key.strip(), value
 
 
 def plan_experiment(
@@ -243,7 +173,7 @@ def plan_experiment(
     organs = fingerprint["detection"]["organs_per_case"]
     most_organs = max(1, int(organs["max"]))
     num_queries = query_count(QUERIES_DEFAULT, rho, most_organs, len(classes))
-    eta = int(min(5, max(1, math.ceil(matching_ratio * rho))))
+    eta = eta_of(rho, matching_ratio)
     decisions["queries"] = (
         "class_anchored: rho queries per class, starting at the class's atlas box and spread over its observed "
         "range; matching inside each class group (autodetr.model.anchors). 'learned' is the paper's configuration "
@@ -342,7 +272,7 @@ def plan_experiment(
             "regions, which carry the boxes through augmentation (training targets) but are no segmentation target"
         )
     for key, value in (overrides or {}).items():
-        _set_path(plans, key, value)
+        set_path(plans, key, value)
         decisions[key] = "given on the command line"
     if any(k in DERIVED_FROM for k in (overrides or {})):
         recompute_derived(plans)

@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from autodetr.atomic_io import read_json
+from autodetr.boxes import box_mask_array
 from autodetr.errors import InputError
 from autodetr.preprocessing.raw_dataset import (
     CaseData, Geometry, OrganClass, RawCase, list_cases, organ_classes, read_case, read_images,
@@ -181,7 +182,7 @@ def box_file_content(
     boxes: np.ndarray, label_values: Sequence[int], class_names: Mapping[int, str], geometry: BoxGeometry
 ) -> dict:
     """A box file's content: each box with its class name, world min / max and voxel box."""
-    from autodetr.evaluation.api import voxel_boxes_to_world
+    from autodetr.prediction_files import voxel_boxes_to_world
 
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 6)
     world = voxel_boxes_to_world(boxes, geometry.spacing, geometry.origin, geometry.direction)
@@ -195,8 +196,6 @@ def box_file_content(
 
 def box_label_map(boxes: np.ndarray, label_values: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """The boxes drawn as their label values on the image grid (larger boxes first), int32."""
-    from autodetr.inference.outputs import box_mask_array
-
     if not len(boxes):
         return np.zeros(tuple(int(s) for s in shape), dtype=np.int32)
     return box_mask_array(boxes, label_values, tuple(int(s) for s in shape)).astype(np.int32)

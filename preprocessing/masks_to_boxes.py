@@ -49,7 +49,7 @@ def masks_to_boxes(
 
     Returns the box files written. Every write is atomic; a bad label map or dataset.json raises
     InputError naming the file."""
-    from autodetr.evaluation.api import find_ground_truth, read_ground_truth_case
+    from autodetr.preprocessing.ground_truth import find_ground_truth, read_ground_truth_case
     from autodetr.slicer_markups import markups_path, write_slicer_rois
 
     input_folder, output = Path(input_folder), Path(output_folder)

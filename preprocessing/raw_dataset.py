@@ -275,7 +275,8 @@ def read_image(path: Path) -> sitk.Image:
     return image
 
 
-def _array(image: sitk.Image, path: Path, dtype) -> np.ndarray:
+def image_array(image: sitk.Image, path: Path, dtype) -> np.ndarray:
+    """The voxels of a SimpleITK image as `dtype`; InputError naming `path` when its data cannot be read."""
     try:
         return sitk.GetArrayFromImage(image).astype(dtype, copy=False)
     except RuntimeError as error:  # lazily read truncated data
@@ -291,7 +292,7 @@ def read_images(image_files: list[Path]) -> tuple[np.ndarray, Geometry]:
         if geometry is not None and not geometry.matches(this):
             raise InputError(f"{path}: geometry differs from channel 0 ({image_files[0].name})")
         geometry = geometry or this
-        array = _array(image, path, np.float32)
+        array = image_array(image, path, np.float32)
         check_finite(array, path)
         arrays.append(array)
     return np.stack(arrays), geometry
@@ -329,7 +330,7 @@ def read_case(raw_case: RawCase, classes: list[OrganClass]) -> CaseData:
             f"spacing {np.round(label_geometry.spacing_xyz, 4).tolist()} vs {np.round(geometry.spacing_xyz, 4).tolist()}, "
             f"or origin/direction)"
         )
-    label_map = _array(label_image, raw_case.label_file, np.int32)
+    label_map = image_array(label_image, raw_case.label_file, np.int32)
     present = np.unique(label_map)
     present = present[present != 0]
     known_values = {c.label_value for c in classes}

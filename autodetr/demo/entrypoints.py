@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from autodetr.devices import DEVICE_HELP
 from autodetr.errors import cli_main
 
 
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-cases", type=int, default=16, help="phantom training cases (default 16)")
     parser.add_argument("--num-test-cases", type=int, default=4, help="held-out phantom cases to predict and evaluate (default 4)")
     parser.add_argument("--image", type=Path, help="also predict this image (file, folder or DICOM folder), e.g. a real CT")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="device (default: cuda if available, else cpu)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--seed", type=int, default=0, help="seed of the phantom and the training (default 0)")
     parser.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes for data preparation (default 2)")
     return parser

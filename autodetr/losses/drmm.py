@@ -193,11 +193,13 @@ class DRMMLoss(nn.Module):
 
     @classmethod
     def from_plans(cls, plans: dict, **kwargs) -> "DRMMLoss":
-        """Build with `beta = plans["loss"]["drmm_beta"]` (0.5 when missing) and `location_beta =
-        plans["loss"]["drmm_location_beta"]` (0 when missing: plans written before it existed)."""
-        loss = plans.get("loss", {})
-        kwargs.setdefault("location_beta", float(loss.get("drmm_location_beta", 0.0)))
-        return cls(beta=float(loss.get("drmm_beta", 0.5)), **kwargs)
+        """Build with `beta` = `loss.drmm_beta` and `location_beta` = `loss.drmm_location_beta` of the plan
+        (defaults in `autodetr.plans.LOSS_DEFAULTS`: 0.5, and 0 for plans written before the key existed)."""
+        from autodetr.plans import Plans
+
+        loss = Plans.of(plans).loss
+        kwargs.setdefault("location_beta", float(loss["drmm_location_beta"]))
+        return cls(beta=float(loss["drmm_beta"]), **kwargs)
 
     def _reduce(self, values: torch.Tensor, sample_index: torch.Tensor, batch: int) -> torch.Tensor:
         if self.normalisation == "instance":

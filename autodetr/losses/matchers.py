@@ -14,7 +14,6 @@ With eta = 0, DQM is the Hungarian matcher.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -56,11 +55,10 @@ def assign_with_copies(cost: np.ndarray, copies: int) -> tuple[np.ndarray, np.nd
 
 
 def dqm_duplicates(plans: dict[str, Any]) -> int:
-    """eta = ceil(lambda * rho) (Eq. 5), or plans["matching"]["eta"] when the planner wrote it."""
-    matching = plans.get("matching", {})
-    if "eta" in matching:
-        return int(matching["eta"])
-    return int(math.ceil(float(matching["lambda"]) * float(matching["rho"]) - 1e-9))
+    """eta of Eq. 5: `autodetr.plans.Plans.eta` (the planned `matching.eta`, else ceil(lambda * rho) in [1, 5])."""
+    from autodetr.plans import Plans
+
+    return Plans.of(plans).eta
 
 
 class HungarianMatcher(torch.nn.Module):

@@ -26,7 +26,7 @@ Pipeline (`training_transforms`), on whole padded volumes (patch = `plans["input
    `seg` holds class indices, so instances of one class merge into one box here -- acceptable for
    organs (one instance per class); instance-level targets would need the instance map.
 
-All parameters live in `plans["training"]["augmentation"]` (defaults `DEFAULT_AUGMENTATION`, written into
+All parameters live in `plans["training"]["augmentation"]` (defaults `autodetr.plans.DEFAULT_AUGMENTATION`, written into
 the fold's plans.json, overridable with `--set training.augmentation.p_mirror=0`). Every transform uses
 numpy's global RNG, which the data loader seeds per batch (see `dataset.py`).
 """
@@ -46,28 +46,8 @@ from batchgenerators.transforms.color_transforms import (
 from batchgenerators.transforms.noise_transforms import GaussianNoiseTransform
 
 from autodetr.boxes import boxes_from_label_map, normalise_corners
+from autodetr.plans import DEFAULT_AUGMENTATION
 
-DEFAULT_AUGMENTATION: dict[str, Any] = {
-    "enabled": True,
-    "p_rotation": 0.2,
-    "rotation_degrees": 15.0,
-    "rotation_degrees_out_of_plane": 5.0,
-    "p_scale": 0.2,
-    "scale_range": [0.85, 1.15],
-    "p_elastic": 0.1,
-    "elastic_alpha": [0.0, 600.0],
-    "elastic_sigma": [9.0, 13.0],
-    "order_data": 1,
-    "p_mirror": 0.25,
-    "p_gamma": 0.3,
-    "gamma_range": [0.7, 1.5],
-    "p_noise": 0.1,
-    "noise_variance": [0.0, 0.1],
-    "p_brightness": 0.15,
-    "brightness_range": [0.75, 1.25],
-    "p_contrast": 0.15,
-    "contrast_range": [0.75, 1.25],
-}
 
 
 def augmentation_options(plans: dict) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import sys
 
 from autodetr.detector import OBJECTIVES
 from autodetr.errors import cli_main
-from autodetr.planners.planner import PLANS_NAME
+from autodetr.paths import PLANS_NAME
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="optimizer steps per epoch (default: plans['training']['iterations_per_epoch'])")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size per process (default: from the plans)")
     parser.add_argument("--lr", type=float, default=None, help="base learning rate of AdamW (default: from the plans)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                        help="training device (default: cuda if available, else cpu)")
+    parser.add_argument("--device", default="auto", help="training device: auto (cuda if available, else cpu; the default), cpu, cuda or cuda:N; with torchrun, cuda means each rank's own GPU")
     parser.add_argument("--num-workers", type=int, default=None,
                         help="background processes for loading and augmentation; 0 = in the main process "
                              "(default: one per spare CPU core, at most 4)")

@@ -10,67 +10,20 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from autodetr.atomic_io import read_json, write_json
 from autodetr.detector import OBJECTIVES, check_objective
 from autodetr.errors import InputError
-from autodetr.paths import dataset_name_from_id, preprocessed_root, results_root
-from autodetr.planners.planner import DERIVED_FROM, PLANS_NAME, TRAINING_DEFAULTS, _set_path, parse_override, recompute_derived
-
-TRAINER_NAME = "autodetrTrainer"
-
-
-def parse_fold(fold: str | int) -> int | str:
-    """`fold0`..`fold4`, `0`..`4` (any non-negative index of splits_final.json) or `all`."""
-    text = str(fold).strip().lower()
-    if text == "all" or text == "fold_all":
-        return "all"
-    for prefix in ("fold_", "fold"):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
-            break
-    if not text.isdigit():
-        raise InputError(f"fold '{fold}': expected fold0..fold4, 0..4 or all")
-    return int(text)
-
-
-def trainer_folder_name(objective: str, plans_name: str = PLANS_NAME) -> str:
-    return f"{TRAINER_NAME}_{objective}__{plans_name}"
-
-
-def fold_folder(dataset_name: str, fold: int | str, objective: str = "dqm", plans_name: str = PLANS_NAME) -> Path:
-    return results_root() / dataset_name / trainer_folder_name(objective, plans_name) / f"fold_{fold}"
-
-
-def fill_training_defaults(plans: dict) -> dict:
-    """Add every `TRAINING_DEFAULTS` key missing from `plans["training"]` (nested for augmentation)."""
-    training = plans.setdefault("training", {})
-    for key, value in TRAINING_DEFAULTS.items():
-        if key not in training:
-            training[key] = copy.deepcopy(value)
-        elif isinstance(value, dict) and isinstance(training[key], dict):
-            for inner, inner_value in value.items():
-                training[key].setdefault(inner, copy.deepcopy(inner_value))
-    return plans
-
-
-def apply_overrides(plans: dict, overrides: Sequence[str] | dict | None) -> dict:
-    """`--set KEY=VALUE` (dotted keys, JSON values) on the plans; unknown keys are an InputError."""
-    if not overrides:
-        return plans
-    items = list(overrides.items()) if isinstance(overrides, dict) else [parse_override(text) for text in overrides]
-    for key, value in items:
-        _set_path(plans, key, value)
-    if any(key in DERIVED_FROM for key, _ in items):
-        recompute_derived(plans)
-    return plans
+from autodetr.devices import resolve_device
+from autodetr.paths import dataset_name_from_id, preprocessed_root
+from autodetr.paths import CHECKPOINT_NAMES, PLANS_NAME, fold_folder, parse_fold, trainer_folder_name
+from autodetr.plans import TRAINING_DEFAULTS, apply_overrides, upgrade
 
 
 def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """cuda when available, else cpu (`--device auto`)."""
+    return resolve_device("auto")
 
 
 def default_num_workers(world_size: int = 1, device: str = "cuda") -> int:
@@ -132,11 +85,11 @@ def train(
         raise InputError(f"fold {fold_value} of {splits_file} has no training cases")
 
     output = fold_folder(dataset_name, fold_value, objective, plans_name)
-    if resume and not (output / "checkpoint_last.pt").is_file():
-        raise InputError(f"--resume: {output / 'checkpoint_last.pt'} does not exist; train without --resume first")
+    if resume and not (output / CHECKPOINT_NAMES["last"]).is_file():
+        raise InputError(f"--resume: {output / CHECKPOINT_NAMES['last']} does not exist; train without --resume first")
     # resuming continues with the plans the fold was trained with; new overrides apply on top
     base = read_json(output / "plans.json") if resume and (output / "plans.json").is_file() else read_json(plans_file)
-    plans = fill_training_defaults(copy.deepcopy(base))
+    plans = upgrade(copy.deepcopy(base))
     if backbone is not None:
         if backbone not in ("fpn", "resnet50", "resnet101"):
             raise InputError(f"--backbone {backbone}: choose fpn, resnet50 or resnet101")
@@ -159,11 +112,9 @@ def train(
         plans["atlas"] = fold_atlas(plans_dir, train_cases, len(plans["classes"]), fold_value)
 
     info = distributed_from_environment()
-    device_name = device or default_device()
-    if device_name not in ("cpu", "cuda") and not device_name.startswith("cuda:"):
-        raise InputError(f"--device {device_name}: choose cpu or cuda")
-    if device_name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available (use --device cpu)")
+    device_name = resolve_device(device)
+    if device_name == "mps":
+        raise InputError("--device mps: training runs on cpu or cuda")
     if device_name == "cuda" and info.enabled:
         device_name = f"cuda:{info.local_rank}"
     elif device_name == "cuda":
@@ -220,5 +171,5 @@ def _resolve_dataset(dataset: str | int) -> str:
     return dataset_name_from_id(dataset, roots)
 
 
-__all__ = ["train", "parse_fold", "fold_folder", "trainer_folder_name", "fill_training_defaults", "apply_overrides",
+__all__ = ["train", "parse_fold", "fold_folder", "trainer_folder_name", "apply_overrides",
            "TRAINING_DEFAULTS", "OBJECTIVES"]

@@ -39,6 +39,8 @@ from torch import nn
 from autodetr.atomic_io import read_json
 from autodetr.detector import build_criterion, build_detector, detect, to_original_voxels
 from autodetr.errors import InputError
+from autodetr.paths import CHECKPOINT_NAMES
+from autodetr.plans import Plans
 from autodetr.model.anchors import valid_boxes_from_shapes
 from autodetr.training.augmentation import training_transforms
 from autodetr.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
@@ -135,8 +137,7 @@ def parameter_groups(model: nn.Module, training: dict) -> list[dict]:
             groups["backbone"].append(parameter)
         else:
             groups["other"].append(parameter)
-    factors = {"backbone": float(training.get("backbone_lr_factor", 0.1)),
-               "sampling": float(training.get("sampling_lr_factor", 0.1)), "other": 1.0}
+    factors = {"backbone": float(training["backbone_lr_factor"]), "sampling": float(training["sampling_lr_factor"]), "other": 1.0}
     return [{"params": params, "lr": lr * factors[name], "name": name} for name, params in groups.items() if params]
 
 
@@ -174,7 +175,8 @@ class Trainer:
     def __init__(self, plans: dict, setup: TrainingSetup) -> None:
         self.plans = plans
         self.setup = setup
-        self.training = plans["training"]
+        self.view = view = Plans.of(plans)
+        self.training = view.training
         self.dist = setup.distributed
         self.device = torch.device(setup.device)
         self.output = Path(setup.output_folder)
@@ -184,10 +186,10 @@ class Trainer:
         self.batch_size = int(self.training["batch_size"])
         if self.epochs < 1 or self.iterations < 1 or self.batch_size < 1:
             raise InputError("epochs, iterations per epoch and batch size must be at least 1")
-        self.input_size = [int(s) for s in plans["input_size"]]
-        self.num_classes = len(plans["classes"])
-        self.class_names = {int(c["label_value"]): str(c["name"]) for c in plans["classes"]}
-        self.label_value = {int(c["index"]): int(c["label_value"]) for c in plans["classes"]}
+        self.input_size = view.input_size
+        self.num_classes = view.num_classes
+        self.class_names = view.class_names
+        self.label_value = view.label_values
         if self.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
         self.log = TrainingLog(self.output / "training_log.txt", enabled=self.is_main)
@@ -217,17 +219,17 @@ class Trainer:
             # every parameter receives a gradient under each objective (the D-RMM detector has no DETR head)
             self.model = DistributedDataParallel(
                 self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=bool(self.training.get("find_unused_parameters", False)),
+                find_unused_parameters=bool(self.training["find_unused_parameters"]),
             )
         self.optimizer = torch.optim.AdamW(
             parameter_groups(self.network, self.training), lr=float(self.training["learning_rate"]),
-            weight_decay=float(self.training.get("weight_decay", 1e-4)),
+            weight_decay=float(self.training["weight_decay"]),
         )
         self.schedule = WarmupDecaySchedule(
-            self.optimizer, self.epochs * self.iterations, int(self.training.get("warmup_iterations", 100)),
-            float(self.training.get("final_lr_factor", 0.01)), str(self.training.get("lr_schedule", "cosine")),
+            self.optimizer, self.epochs * self.iterations, int(self.training["warmup_iterations"]),
+            float(self.training["final_lr_factor"]), str(self.training["lr_schedule"]),
         )
-        use_amp = self.device.type == "cuda" and bool(self.training.get("amp", True))
+        use_amp = self.device.type == "cuda" and bool(self.training["amp"])
         self.amp_dtype = None
         if use_amp:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -237,7 +239,8 @@ class Trainer:
 
         files = case_files(self.setup.preprocessed_folder, all_cases)
         by_id = {f.case_id: f for f in files}
-        self.lr_axes = case_left_right_axes(files, self.plans["transpose_forward"]) if "transpose_forward" in self.plans else {}
+        transpose = self.view.transpose_forward
+        self.lr_axes = case_left_right_axes(files, transpose) if transpose is not None else {}
         train_files = [by_id[c] for c in self.setup.train_cases]
         if self.dist.enabled and len(train_files) >= self.dist.world_size:
             train_files = train_files[self.dist.rank::self.dist.world_size]
@@ -251,7 +254,7 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _resume(self) -> None:
-        path = self.output / "checkpoint_last.pt"
+        path = self.output / CHECKPOINT_NAMES["last"]
         content = load_checkpoint(path)
         if content.get("objective") not in (None, self.setup.objective):
             raise InputError(f"{path}: trained with objective {content.get('objective')}, not {self.setup.objective}")
@@ -368,7 +371,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        clip = float(self.training.get("grad_clip_norm", 0) or 0)
+        clip = float(self.training["grad_clip_norm"] or 0)
         parameters = [p for p in self.network.parameters() if p.grad is not None]
         if clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(parameters, clip)
@@ -485,7 +488,7 @@ class Trainer:
         except KeyboardInterrupt:
             _shutdown(augmenter)
             if self.is_main:
-                self._save("checkpoint_last.pt")
+                self._save(CHECKPOINT_NAMES["last"])
                 self.log(f"interrupted at epoch {self.epoch + 1}, iteration {self.iteration}: checkpoint_last.pt saved; "
                          "continue with --resume")
             raise
@@ -505,9 +508,9 @@ class Trainer:
         if final:
             self.final_done = True
         if self.is_main:
-            self._save("checkpoint_last.pt", rng_state)
+            self._save(CHECKPOINT_NAMES["last"], rng_state)
             if final:
-                self._save("checkpoint_final.pt", rng_state)
+                self._save(CHECKPOINT_NAMES["final"], rng_state)
             self._plot()
         barrier(self.dist)
 
@@ -533,7 +536,7 @@ class Trainer:
     def _write_header(self) -> None:
         world = self.dist.world_size
         self.log(
-            f"autodetr_train {self.plans.get('dataset_name', '')} fold {self.setup.fold_label} objective "
+            f"autodetr_train {self.view.dataset_name} fold {self.setup.fold_label} objective "
             f"{self.setup.objective}: {len(self.setup.train_cases)} training / {len(self.val_files)} validation cases, "
             f"input {self.input_size}, batch {self.batch_size} x {world} process(es), {self.epochs} epochs x "
             f"{self.iterations} iterations ({self.epochs * self.iterations} optimizer steps), device {self.device}, "
@@ -548,7 +551,7 @@ class Trainer:
 
         try:
             plot_progress(self.history, self.output / "progress.png", components=self._shown_components(),
-                          title=f"{self.plans.get('dataset_name', '')} fold {self.setup.fold_label} {self.setup.objective}")
+                          title=f"{self.view.dataset_name} fold {self.setup.fold_label} {self.setup.objective}")
         except Exception as error:  # a plot must never stop training
             self.log(f"warning: progress.png not written ({error})")
 
@@ -588,7 +591,8 @@ class Trainer:
                  "validation cases: " + " ".join(f"{k} {v:.4f}" for k, v in entry.items()))
 
     def _validate(self, epoch: int, final: bool, train_seconds: float) -> dict:
-        from autodetr.evaluation.api import CaseResult, evaluate_cases, write_metrics, write_prediction
+        from autodetr.evaluation.api import CaseResult, evaluate_cases, write_metrics
+        from autodetr.prediction_files import write_prediction
 
         started = time.monotonic()
         folder = self.output / "validation"
@@ -604,14 +608,14 @@ class Trainer:
                     self.class_names, image_shape=list(geometry.shape_zyx), spacing=geometry.spacing_zyx.tolist(),
                     origin=list(geometry.origin_xyz), direction=list(geometry.direction),
                     extra={"fold": self.setup.fold_label, "objective": self.setup.objective, "epoch": epoch + 1,
-                           "checkpoint": "checkpoint_final.pt"},
+                           "checkpoint": CHECKPOINT_NAMES["final"]},
                 )
         metrics = evaluate_cases(cases, class_names=self.class_names,
                                  reliability_path=folder / "reliability.png" if final else None)
         seconds = time.monotonic() - started
         if final:
             metrics["epoch"] = epoch + 1
-            metrics["checkpoint"] = "checkpoint_final.pt"
+            metrics["checkpoint"] = CHECKPOINT_NAMES["final"]
             write_metrics(metrics, folder)
         entry = {"epoch": epoch + 1, "mAP": _number(metrics.get("mAP")), "AP50": _number(metrics.get("AP50")),
                  "AP75": _number(metrics.get("AP75")), "mAR": _number(metrics.get("mAR")),
@@ -627,7 +631,7 @@ class Trainer:
         value = entry["mAP"]
         if math.isfinite(value) and value > self.best_map:
             self.best_map = value
-            self._save("checkpoint_best.pt")
+            self._save(CHECKPOINT_NAMES["best"])
             self.log(f"new best validation mAP {value:.4f}: checkpoint_best.pt")
         return metrics
 
@@ -668,10 +672,11 @@ def atlas_prior_metrics(plans: dict, val_files: Sequence[CaseFiles]) -> dict:
     from autodetr.evaluation.api import CaseResult, evaluate_cases
     from autodetr.planners.atlas import OrganAtlas, prior_detections
     from autodetr.preprocessing.restore import RestoreInfo
-    from autodetr.training.dataset import load_case_boxes
+    from autodetr.preprocessing.case_arrays import load_case_boxes
 
-    atlas = OrganAtlas.from_json(plans["atlas"])
-    label_value = {int(c["index"]): int(c["label_value"]) for c in plans["classes"]}
+    view = Plans.of(plans)
+    atlas = OrganAtlas.from_json(view.atlas_json)
+    label_value = view.label_values
     cases = []
     for files in val_files:
         restore = RestoreInfo.from_json(read_json(files.restore_json)["restore"])
@@ -681,7 +686,7 @@ def atlas_prior_metrics(plans: dict, val_files: Sequence[CaseFiles]) -> dict:
         gt = restore.preprocessed_to_original(gt_boxes) if len(gt_boxes) else np.zeros((0, 6))
         cases.append(CaseResult(files.case_id, gt, np.asarray([label_value[int(c)] for c in gt_classes], dtype=np.int64),
                                 boxes, scores, np.asarray([label_value[int(c)] for c in labels], dtype=np.int64)))
-    return evaluate_cases(cases, class_names={int(c["label_value"]): str(c["name"]) for c in plans["classes"]})
+    return evaluate_cases(cases, class_names=view.class_names)
 
 
 def _number(value: Any) -> float:
