@@ -253,7 +253,25 @@ class EnsemblePredictor:
             self.members.append(Member(fold, model, str(arguments.get("objective", "dqm")), str(arguments.get("checkpoint", ""))))
         if self.plans is None:
             raise InputError("no folds to predict with")
-        view = Plans.of(self.plans)
+        self._use_plans(self.plans)
+
+    @classmethod
+    def from_network(cls, network: Any, plans: dict, objective: str, device: Any) -> "EnsemblePredictor":
+        """A predictor of one live network, without TTA: training's validation predicts through it, as
+        nnU-Net's trainer hands its network to `nnUNetPredictor`, so validation and `autodetr_predict`
+        cannot drift apart. The caller keeps the network in eval mode while predicting."""
+        import torch
+
+        predictor = cls.__new__(cls)
+        predictor.device = torch.device(device)
+        predictor.tta, predictor.iou_threshold, predictor.max_per_class = False, DEFAULT_IOU_THRESHOLD, 1
+        predictor.members = [Member("live", network, objective, "")]
+        predictor.plans, predictor.arguments = plans, {"objective": objective}
+        predictor._use_plans(plans)
+        return predictor
+
+    def _use_plans(self, plans: dict) -> None:
+        view = Plans.of(plans)
         self.input_size = view.input_size
         self.class_names = view.class_names
         self.label_values = view.label_values

@@ -37,11 +37,11 @@ import torch
 from torch import nn
 
 from autodetr.atomic_io import read_json
-from autodetr.detector import build_criterion, build_detector, detect, to_original_voxels
+from autodetr.boxes import clip_boxes
+from autodetr.detector import build_criterion, build_detector
 from autodetr.errors import InputError
 from autodetr.paths import CHECKPOINT_NAMES
 from autodetr.plans import Plans
-from autodetr.model.anchors import valid_boxes_from_shapes
 from autodetr.training.augmentation import training_transforms
 from autodetr.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from autodetr.training.dataset import (
@@ -50,7 +50,6 @@ from autodetr.training.dataset import (
     batch_seed,
     case_left_right_axes,
     load_case,
-    pad_to_input,
 )
 from autodetr.training.distributed import DistributedInfo, any_rank, average_scalar, barrier
 
@@ -558,24 +557,32 @@ class Trainer:
     # -------------------------------------------------------------------------------------- validation
     @torch.no_grad()
     def predict_case(self, files: CaseFiles) -> dict[str, Any]:
-        """Detections of one preprocessed case in original-image voxels (and the case's ground truth)."""
+        """Detections of one preprocessed case in original-image voxels (and the case's ground truth), by
+        the inference predictor on the live network (`EnsemblePredictor.from_network`)."""
         from autodetr.preprocessing.restore import RestoreInfo
 
         case = load_case(files.npz)
         restore = RestoreInfo.from_json(read_json(files.restore_json)["restore"])
-        image, _ = pad_to_input(case["image"], None, self.input_size, files.npz)
-        valid_boxes = valid_boxes_from_shapes([case["image"].shape[1:]], self.input_size, self.device)
         self.network.eval()
-        with self._autocast():
-            outputs = self.network(torch.from_numpy(image[None]).to(self.device), valid_boxes=valid_boxes)
-        found = detect(outputs, self.setup.objective, max_per_class=1)[0]
-        original = to_original_voxels(found["boxes"], self.input_size, restore)
-        labels = [self.label_value[int(c)] for c in found["labels"].numpy()]
+        result = self.predictor.predict_preprocessed(case["image"], restore.geometry)
+        original = (clip_boxes(restore.preprocessed_to_original(result["boxes"]), restore.geometry.shape_zyx)
+                    if len(result["boxes"]) else np.zeros((0, 6)))
+        labels = [self.label_value[int(c)] for c in result["labels"]]
         gt = restore.preprocessed_to_original(case["boxes"]) if len(case["boxes"]) else np.zeros((0, 6))
         gt_labels = [self.label_value[int(c)] for c in case["classes"]]
-        return {"case": files.case_id, "boxes": original, "scores": found["scores"].numpy().astype(np.float64),
+        return {"case": files.case_id, "boxes": original, "scores": np.asarray(result["scores"], dtype=np.float64),
                 "labels": np.asarray(labels, dtype=np.int64), "gt_boxes": gt, "gt_labels": np.asarray(gt_labels, dtype=np.int64),
                 "restore": restore}
+
+    @property
+    def predictor(self):
+        """The inference predictor of the live network (built once)."""
+        if getattr(self, "_predictor", None) is None:
+            from autodetr.inference.predict_api import EnsemblePredictor
+
+            model = self.network.module if hasattr(self.network, "module") else self.network
+            self._predictor = EnsemblePredictor.from_network(model, self.plans, self.setup.objective, self.device)
+        return self._predictor
 
     def atlas_prior_metrics(self) -> dict:
         """The atlas prior's validation metrics on this fold (`atlas_prior_metrics`)."""
