@@ -21,6 +21,7 @@ the planner chose what it chose. Decisions, in order:
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
@@ -108,6 +109,147 @@ def lateral_pairs(classes: list[OrganClass]) -> list[list[int]]:
     return pairs
 
 
+@dataclass
+class PlannedGeometry:
+    """Spacing, input size and strides of a plan, in the transposed (coarsest axis first) order."""
+
+    forward: list[int]
+    backward: list[int]
+    spacing: np.ndarray
+    base_spacing: np.ndarray
+    input_size: list[int]
+    strides: list[list[int]]
+
+
+def plan_geometry(fingerprint: dict, budget: dict, preset: str, spacing: list[float] | None,
+                  input_size: list[int] | None, decisions: dict[str, str]) -> PlannedGeometry:
+    """Axis order, target spacing (nnU-Net's, coarsened to the preset's voxel budget), input size and the
+    per-level strides (nnU-Net's `get_pool_and_conv_props`), each with its decision line."""
+    base = base_target_spacing(fingerprint)
+    forward, backward = transpose_from_spacing(base)
+    decisions["transpose_forward"] = f"coarsest axis of base spacing {np.round(base, 3).tolist()} first (nnU-Net rule)"
+    extent_p95 = np.asarray(fingerprint["body_extent_mm_zyx"]["p95"])[forward]
+    base_t = base[forward]
+    if spacing is not None:
+        target = np.asarray(spacing, dtype=np.float64)[forward]
+        decisions["spacing"] = "given on the command line"
+    else:
+        target = fit_spacing_to_budget(base_t, extent_p95, budget["voxel_budget"])
+        decisions["spacing"] = (
+            f"nnU-Net full-resolution spacing {np.round(base_t, 3).tolist()} coarsened (finest axes first) until the "
+            f"95th percentile body extent {np.round(extent_p95, 1).tolist()} mm fits the {preset} budget of "
+            f"{budget['voxel_budget']} voxels"
+        )
+    wanted_size = np.maximum(np.ceil(extent_p95 / target), MIN_FEATURE_MAP_SIZE).astype(int)
+    if input_size is not None:
+        wanted_size = np.asarray(input_size, dtype=int)[forward]
+    _, pool_kernels, _, padded_size, divisible_by = get_pool_and_conv_props(
+        target.tolist(), wanted_size.tolist(), MIN_FEATURE_MAP_SIZE, budget["max_num_pool"]
+    )
+    decisions["input_size"] = (
+        f"95th percentile body extent / spacing = {wanted_size.tolist()} voxels"
+        + (" (given on the command line)" if input_size is not None else "")
+        + f", padded to a multiple of the total stride {list(map(int, divisible_by))} (nnU-Net get_pool_and_conv_props);"
+        " larger bodies are scaled down to fit at preprocessing, never cut"
+    )
+    return PlannedGeometry(forward, backward, target, base_t, [int(s) for s in padded_size],
+                           [list(map(int, k)) for k in pool_kernels[1:]])
+
+
+def plan_network(budget: dict, strides: list[list[int]], backbone: str, in_channels: int, num_queries: int,
+                 num_classes: int, decisions: dict[str, str]) -> dict:
+    """`plans["network"]`: backbone stages from the strides, the preset's widths, class-anchored queries with
+    mask-enhanced anchors read from the fine segmentation head."""
+    if budget["stride_in_stem"] and strides:
+        stem_stride, stage_strides = strides[0], strides[1:]
+    else:
+        stem_stride, stage_strides = [1, 1, 1], strides
+    num_levels = min(budget["num_feature_levels"], len(stage_strides))
+    decisions["network"] = (
+        f"strides per level {strides} from get_pool_and_conv_props(spacing, input size, min feature map "
+        f"{MIN_FEATURE_MAP_SIZE}); {'first stride in the stem (CPU preset)' if budget['stride_in_stem'] else 'full-resolution stem'}; "
+        f"the {num_levels} coarsest levels go to the MSA encoder"
+    )
+    decisions["queries"] = (
+        "class_anchored: rho queries per class, starting at the class's atlas box and spread over its observed "
+        "range; matching inside each class group (autodetr.model.anchors). 'learned' is the paper's configuration "
+        "(N = rho * M learned queries over all classes, global matching)"
+    )
+    decisions["mask_enhanced_anchors"] = (
+        "each class group's first query starts at the box of the class's mask from the fine segmentation head "
+        "where one is found, else at the atlas median (Mask DINO's mask-enhanced anchors; autodetr.model.anchors)"
+    )
+    decisions["fine_segmentation"] = (
+        f"a fine segmentation head at the stem's stride {list(stem_stride)} ({FINE_SEGMENTATION_CHANNELS} channels, "
+        "skip from the stem, Retina U-Net style, a correction of the finest MSA level's logits): one more level of "
+        "L_seg, and the grid the mask-enhanced anchors take their boxes from (the finest MSA level is too coarse "
+        "for boxes that reach IoU 0.75; autodetr.model.fine_segmentation)"
+    )
+    decisions["drmm"] = (
+        "D-RMM class groups (query k serves class k mod C) when N >= C: a free class head lets one query "
+        "explain several neighbouring organs (autodetr.model.drmm_head)"
+    )
+    return {
+        "backbone": backbone,
+        "in_channels": in_channels,
+        "stem_channels": budget["stem_channels"],
+        "stem_stride": stem_stride,
+        "stage_strides": stage_strides,
+        "stage_channels": [min(budget["base_channels"] * 2 ** (i + 1), budget["max_channels"]) for i in range(len(stage_strides))],
+        "blocks_per_stage": [budget["blocks_per_stage"]] * len(stage_strides),
+        "num_feature_levels": num_levels,
+        "hidden_dim": budget["hidden_dim"],
+        "msa": copy.deepcopy(budget["msa"]),
+        "decoder": copy.deepcopy(budget["decoder"]),
+        "queries": QUERIES_DEFAULT,
+        "mask_enhanced_anchors": True,
+        "fine_segmentation": {"stride": list(stem_stride), "channels": FINE_SEGMENTATION_CHANNELS},
+        "num_queries": num_queries,
+        "drmm": {"class_groups": num_queries >= num_classes, "scale_floor": 0.1},
+    }
+
+
+def plan_recipe(budget: dict, preset: str, box_annotations: bool, decisions: dict[str, str]) -> tuple[dict, dict]:
+    """(`plans["loss"]`, `plans["training"]`) of the preset: Eq. 8 weights, optimiser and schedule."""
+    loss = {
+        "cls": 2.0, "bbox": 5.0, "giou": 5.0, "seg": budget["seg_loss_weight"], "no_object_weight": 0.1,
+        "matcher_cost": {"cls": 2.0, "l1": 5.0, "giou": 2.0},
+        "drmm_beta": 0.5, "drmm_location_beta": 1.0,
+    }
+    training = {
+        **copy.deepcopy(TRAINING_DEFAULTS),
+        "batch_size": budget["batch_size"],
+        "learning_rate": budget["learning_rate"],
+        "grad_clip_norm": budget["grad_clip_norm"],
+        "epochs": 100 if preset == "cpu" else 500,
+        "iterations_per_epoch": 50 if preset == "cpu" else 250,
+    }
+    decisions["loss"] = (
+        f"Organ-DETR Eq. 8 weights lambda_cls 2, lambda_bbox 5 (L1 and GIoU), lambda_seg {budget['seg_loss_weight']} "
+        "(the paper's 2 on the gpu preset; 4 on the cpu preset, where the mask boxes the anchors start from carry most "
+        "of the localisation: fold 0 of the training benchmark, 10-minute probes, mAP 0.199 with 2, 0.246 with 4)"
+    )
+    decisions["training"] = (
+        f"{preset} preset recipe: AdamW lr {budget['learning_rate']}, gradient clipping at {budget['grad_clip_norm']}; "
+        "the backbone learns at the full rate (backbone_lr_factor 1: it starts from scratch, Deformable DETR's 0.1 is "
+        "for pretrained backbones)"
+    )
+    if QUERIES_DEFAULT == "class_anchored":
+        training["augmentation"]["p_mirror"] = 0.0
+        decisions["augmentation"] = (
+            "no left-right mirror: a mirrored body puts every unpaired organ on the wrong side of its class anchor "
+            "(set training.augmentation.p_mirror > 0 for learned queries)"
+        )
+    decisions["batch_size"] = f"{preset} preset"
+    if box_annotations:
+        loss["seg"] = 0.0
+        decisions["loss.seg"] = (
+            "0: the dataset has box files, no organ masks; its preprocessed seg holds the boxes drawn as class "
+            "regions, which carry the boxes through augmentation (training targets) but are no segmentation target"
+        )
+    return loss, training
+
+
 def plan_experiment(
     fingerprint: dict,
     dataset_json: dict,
@@ -127,150 +269,38 @@ def plan_experiment(
         raise InputError(f"unknown preset '{preset}', choose one of {sorted(PRESETS)}")
     budget = PRESETS[preset]
     decisions: dict[str, str] = {}
-
-    base = base_target_spacing(fingerprint)
-    forward, backward = transpose_from_spacing(base)
-    decisions["transpose_forward"] = f"coarsest axis of base spacing {np.round(base, 3).tolist()} first (nnU-Net rule)"
-    extent_p95 = np.asarray(fingerprint["body_extent_mm_zyx"]["p95"])[forward]
-    base_t = base[forward]
-
-    if spacing is not None:
-        target = np.asarray(spacing, dtype=np.float64)[forward]
-        decisions["spacing"] = "given on the command line"
-    else:
-        target = fit_spacing_to_budget(base_t, extent_p95, budget["voxel_budget"])
-        decisions["spacing"] = (
-            f"nnU-Net full-resolution spacing {np.round(base_t, 3).tolist()} coarsened (finest axes first) until the "
-            f"95th percentile body extent {np.round(extent_p95, 1).tolist()} mm fits the {preset} budget of "
-            f"{budget['voxel_budget']} voxels"
-        )
-    wanted_size = np.maximum(np.ceil(extent_p95 / target), MIN_FEATURE_MAP_SIZE).astype(int)
-    if input_size is not None:
-        wanted_size = np.asarray(input_size, dtype=int)[forward]
-    num_pool, pool_kernels, _, padded_size, divisible_by = get_pool_and_conv_props(
-        target.tolist(), wanted_size.tolist(), MIN_FEATURE_MAP_SIZE, budget["max_num_pool"]
-    )
-    size = [int(s) for s in padded_size]
-    decisions["input_size"] = (
-        f"95th percentile body extent / spacing = {wanted_size.tolist()} voxels"
-        + (" (given on the command line)" if input_size is not None else "")
-        + f", padded to a multiple of the total stride {list(map(int, divisible_by))} (nnU-Net get_pool_and_conv_props);"
-        " larger bodies are scaled down to fit at preprocessing, never cut"
-    )
-    strides = [list(map(int, k)) for k in pool_kernels[1:]]
-    if budget["stride_in_stem"] and strides:
-        stem_stride, stage_strides = strides[0], strides[1:]
-    else:
-        stem_stride, stage_strides = [1, 1, 1], strides
-    channels = [min(budget["base_channels"] * 2 ** (i + 1), budget["max_channels"]) for i in range(len(stage_strides))]
-    num_levels = min(budget["num_feature_levels"], len(stage_strides))
-    decisions["network"] = (
-        f"strides per level {strides} from get_pool_and_conv_props(spacing, input size, min feature map "
-        f"{MIN_FEATURE_MAP_SIZE}); {'first stride in the stem (CPU preset)' if budget['stride_in_stem'] else 'full-resolution stem'}; "
-        f"the {num_levels} coarsest levels go to the MSA encoder"
-    )
-
-    organs = fingerprint["detection"]["organs_per_case"]
-    most_organs = max(1, int(organs["max"]))
+    geometry = plan_geometry(fingerprint, budget, preset, spacing, input_size, decisions)
+    most_organs = max(1, int(fingerprint["detection"]["organs_per_case"]["max"]))
     num_queries = query_count(QUERIES_DEFAULT, rho, most_organs, len(classes))
-    eta = eta_of(rho, matching_ratio)
-    decisions["queries"] = (
-        "class_anchored: rho queries per class, starting at the class's atlas box and spread over its observed "
-        "range; matching inside each class group (autodetr.model.anchors). 'learned' is the paper's configuration "
-        "(N = rho * M learned queries over all classes, global matching)"
-    )
-    decisions["mask_enhanced_anchors"] = (
-        "each class group's first query starts at the box of the class's soft mask from the finest segmentation "
-        "level where one is found, else at the atlas median (Mask DINO's mask-enhanced anchors; autodetr.model.anchors)"
-    )
-    decisions["fine_segmentation"] = (
-        f"a fine segmentation head at the stem's stride {list(stem_stride)} ({FINE_SEGMENTATION_CHANNELS} channels, "
-        "skip from the stem, Retina U-Net style): one more level of L_seg, and the grid the mask-enhanced anchors "
-        "take their boxes from (the finest MSA level is too coarse for boxes that reach IoU 0.75; "
-        "autodetr.model.fine_segmentation)"
-    )
     decisions["num_queries"] = f"N = rho * C = {rho} * {len(classes)} (class-anchored: rho queries per class)"
-    decisions["drmm"] = (
-        "D-RMM class groups (query k serves class k mod C) when N >= C: a free class head lets one query "
-        "explain several neighbouring organs (autodetr.model.drmm_head)"
-    )
     decisions["eta"] = f"ceil(lambda * rho) = ceil({matching_ratio} * {rho}), clipped to [1, 5] (Organ-DETR Eq. 5)"
-
+    channel_names = dataset_json["channel_names"]
+    network = plan_network(budget, geometry.strides, backbone, len(channel_names), num_queries, len(classes), decisions)
+    loss, training = plan_recipe(budget, preset, box_annotations, decisions)
     plans = {
         "plans_name": PLANS_NAME,
         "dataset_name": dataset_name,
         "preset": preset,
         "classes": [{"index": c.index, "label_value": c.label_value, "name": c.name} for c in classes],
         "lateral_pairs": lateral_pairs(classes),
-        "channel_names": dataset_json["channel_names"],
-        "transpose_forward": forward,
-        "transpose_backward": backward,
-        "spacing": [float(s) for s in target],
-        "base_spacing": [float(s) for s in base_t],
-        "input_size": size,
+        "channel_names": channel_names,
+        "transpose_forward": geometry.forward,
+        "transpose_backward": geometry.backward,
+        "spacing": [float(s) for s in geometry.spacing],
+        "base_spacing": [float(s) for s in geometry.base_spacing],
+        "input_size": geometry.input_size,
         "normalization": {
             str(k): ("CTNormalization" if str(v).strip().lower() == "ct" else "ZScoreNormalization")
-            for k, v in dataset_json["channel_names"].items()
+            for k, v in channel_names.items()
         },
         "foreground_intensity_properties_per_channel": fingerprint["foreground_intensity_properties_per_channel"],
         "resampling": {"image_order": 3, "label_order": 0, "order_z": 0, "anisotropy_threshold": ANISO_THRESHOLD},
-        "network": {
-            "backbone": backbone,
-            "in_channels": len(dataset_json["channel_names"]),
-            "stem_channels": budget["stem_channels"],
-            "stem_stride": stem_stride,
-            "stage_strides": stage_strides,
-            "stage_channels": channels,
-            "blocks_per_stage": [budget["blocks_per_stage"]] * len(stage_strides),
-            "num_feature_levels": num_levels,
-            "hidden_dim": budget["hidden_dim"],
-            "msa": copy.deepcopy(budget["msa"]),
-            "decoder": copy.deepcopy(budget["decoder"]),
-            "queries": QUERIES_DEFAULT,
-            "mask_enhanced_anchors": True,
-            "fine_segmentation": {"stride": list(stem_stride), "channels": FINE_SEGMENTATION_CHANNELS},
-            "num_queries": num_queries,
-            "drmm": {"class_groups": num_queries >= len(classes), "scale_floor": 0.1},
-        },
-        "matching": {"rho": rho, "lambda": matching_ratio, "eta": eta, "M": most_organs},
-        "loss": {
-            "cls": 2.0, "bbox": 5.0, "giou": 5.0, "seg": budget["seg_loss_weight"], "no_object_weight": 0.1,
-            "matcher_cost": {"cls": 2.0, "l1": 5.0, "giou": 2.0},
-            "drmm_beta": 0.5, "drmm_location_beta": 1.0,
-        },
-        "training": {
-            **copy.deepcopy(TRAINING_DEFAULTS),
-            "batch_size": budget["batch_size"],
-            "learning_rate": budget["learning_rate"],
-            "grad_clip_norm": budget["grad_clip_norm"],
-            "epochs": 100 if preset == "cpu" else 500,
-            "iterations_per_epoch": 50 if preset == "cpu" else 250,
-        },
+        "network": network,
+        "matching": {"rho": rho, "lambda": matching_ratio, "eta": eta_of(rho, matching_ratio), "M": most_organs},
+        "loss": loss,
+        "training": training,
         "decisions": decisions,
     }
-    decisions["loss"] = (
-        f"Organ-DETR Eq. 8 weights lambda_cls 2, lambda_bbox 5 (L1 and GIoU), lambda_seg {budget['seg_loss_weight']} "
-        "(the paper's 2 on the gpu preset; 4 on the cpu preset, where the mask boxes the anchors start from carry most "
-        "of the localisation: fold 0 of the training benchmark, 10-minute probes, mAP 0.199 with 2, 0.246 with 4)"
-    )
-    decisions["training"] = (
-        f"{preset} preset recipe: AdamW lr {budget['learning_rate']}, gradient clipping at {budget['grad_clip_norm']}; "
-        "the backbone learns at the full rate (backbone_lr_factor 1: it starts from scratch, Deformable DETR's 0.1 is "
-        "for pretrained backbones)"
-    )
-    if QUERIES_DEFAULT == "class_anchored":
-        plans["training"]["augmentation"]["p_mirror"] = 0.0
-        decisions["augmentation"] = (
-            "no left-right mirror: a mirrored body puts every unpaired organ on the wrong side of its class anchor "
-            "(set training.augmentation.p_mirror > 0 for learned queries)"
-        )
-    decisions["batch_size"] = f"{preset} preset"
-    if box_annotations:
-        plans["loss"]["seg"] = 0.0
-        decisions["loss.seg"] = (
-            "0: the dataset has box files, no organ masks; its preprocessed seg holds the boxes drawn as class "
-            "regions, which carry the boxes through augmentation (training targets) but are no segmentation target"
-        )
     for key, value in (overrides or {}).items():
         set_path(plans, key, value)
         decisions[key] = "given on the command line"

@@ -16,7 +16,7 @@ from autodetr.atomic_io import read_json, write_json
 from autodetr.detector import OBJECTIVES, check_objective
 from autodetr.errors import InputError
 from autodetr.devices import resolve_device
-from autodetr.paths import dataset_name_from_id, preprocessed_root
+from autodetr.paths import check_folder_name, dataset_name_from_id, preprocessed_root
 from autodetr.paths import CHECKPOINT_NAMES, PLANS_NAME, fold_folder, parse_fold, trainer_folder_name
 from autodetr.plans import TRAINING_DEFAULTS, apply_overrides, upgrade
 
@@ -57,79 +57,25 @@ def train(
 ) -> Path:
     """Train one fold (see the module docstring); returns the fold folder. Under torchrun every rank
     calls this; rank 0 writes the files."""
-    import torch
-
-    from autodetr.training.distributed import cleanup_distributed, distributed_from_environment, init_distributed
-    from autodetr.training.trainer import Trainer, TrainingSetup
+    from autodetr.training.distributed import distributed_from_environment
+    from autodetr.training.trainer import TrainingSetup
 
     check_objective(objective)
+    check_run_options(seed, val_every, max_minutes, num_workers)
     fold_value = parse_fold(fold)
     dataset_name = _resolve_dataset(dataset)
-    plans_dir = preprocessed_root() / dataset_name / plans_name
-    plans_file = plans_dir / "plans.json"
-    if not plans_file.is_file():
-        raise InputError(f"{plans_file}: no plans; run autodetr_plan_and_preprocess -d {dataset_name} first")
-    splits_file = preprocessed_root() / dataset_name / "splits_final.json"
-    if not splits_file.is_file():
-        raise InputError(f"{splits_file}: no splits; run autodetr_plan_and_preprocess -d {dataset_name} first")
-    splits = read_json(splits_file)
-    if fold_value == "all":
-        train_cases = sorted({c for split in splits for c in split["train"] + split["val"]})
-        val_cases: list[str] = []
-    else:
-        if not 0 <= fold_value < len(splits):
-            raise InputError(f"fold {fold_value}: {splits_file} has folds 0..{len(splits) - 1}")
-        train_cases = list(splits[fold_value]["train"])
-        val_cases = list(splits[fold_value]["val"])
-    if not train_cases:
-        raise InputError(f"fold {fold_value} of {splits_file} has no training cases")
-
+    plans_dir = preprocessed_root() / dataset_name / check_folder_name(plans_name, "plans")
+    train_cases, val_cases = fold_cases(dataset_name, plans_dir, fold_value)
     output = fold_folder(dataset_name, fold_value, objective, plans_name)
-    if resume and not (output / CHECKPOINT_NAMES["last"]).is_file():
-        raise InputError(f"--resume: {output / CHECKPOINT_NAMES['last']} does not exist; train without --resume first")
-    # resuming continues with the plans the fold was trained with; new overrides apply on top
-    base = read_json(output / "plans.json") if resume and (output / "plans.json").is_file() else read_json(plans_file)
-    plans = upgrade(copy.deepcopy(base))
-    if backbone is not None:
-        if backbone not in ("fpn", "resnet50", "resnet101"):
-            raise InputError(f"--backbone {backbone}: choose fpn, resnet50 or resnet101")
-        plans["network"]["backbone"] = backbone
-    apply_overrides(plans, overrides)
-    for key, value in (("epochs", epochs), ("iterations_per_epoch", iterations_per_epoch),
-                       ("batch_size", batch_size), ("learning_rate", learning_rate)):
-        if value is not None:
-            if value <= 0:
-                raise InputError(f"{key.replace('_', ' ')} must be positive, got {value}")
-            plans["training"][key] = value
-    if int(seed) < 0:
-        raise InputError(f"--seed must be >= 0, got {seed}")
-    if val_every is not None and val_every < 1:
-        raise InputError(f"--val-every must be at least 1, got {val_every}")
-    if max_minutes is not None and max_minutes <= 0:
-        raise InputError(f"--max-minutes must be positive, got {max_minutes}")
-
-    if not (resume and "atlas" in base and base.get("atlas", {}).get("fold") == str(fold_value)):
-        plans["atlas"] = fold_atlas(plans_dir, train_cases, len(plans["classes"]), fold_value)
-
+    schedule = {"epochs": epochs, "iterations_per_epoch": iterations_per_epoch, "batch_size": batch_size,
+                "learning_rate": learning_rate}
+    plans = fold_plans(plans_dir, output, fold_value, train_cases, resume, backbone, overrides, schedule)
     info = distributed_from_environment()
-    device_name = resolve_device(device)
-    if device_name == "mps":
-        raise InputError("--device mps: training runs on cpu or cuda")
-    if device_name == "cuda" and info.enabled:
-        device_name = f"cuda:{info.local_rank}"
-    elif device_name == "cuda":
-        device_name = "cuda:0"
+    device_name = training_device(device, info)
     workers = default_num_workers(info.world_size, device_name) if num_workers is None else int(num_workers)
-    if workers < 0:
-        raise InputError(f"--num-workers must be >= 0, got {workers}")
-    if info.enabled and device_name == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
-
     arguments = {
         "dataset": str(dataset), "dataset_name": dataset_name, "fold": fold_value, "objective": objective,
-        "plans_name": plans_name, "epochs": plans["training"]["epochs"],
-        "iterations_per_epoch": plans["training"]["iterations_per_epoch"],
-        "batch_size": plans["training"]["batch_size"], "learning_rate": plans["training"]["learning_rate"],
+        "plans_name": plans_name, **{key: plans["training"][key] for key in schedule},
         "device": device_name, "num_workers": workers, "resume": bool(resume), "seed": int(seed),
         "backbone": plans["network"].get("backbone"), "val_every": val_every, "max_minutes": max_minutes,
         "overrides": list(overrides.items()) if isinstance(overrides, dict) else list(overrides or []),
@@ -142,12 +88,96 @@ def train(
         resume=bool(resume), val_every=val_every, max_minutes=max_minutes, progress_bar=progress_bar,
         distributed=info, arguments=arguments,
     )
-    init_distributed(info, torch.device(device_name))
+    return run_fold(plans, setup)
+
+
+def check_run_options(seed: int, val_every: int | None, max_minutes: float | None, num_workers: int | None) -> None:
+    """One line naming the first option out of range."""
+    if int(seed) < 0:
+        raise InputError(f"--seed must be >= 0, got {seed}")
+    if val_every is not None and val_every < 1:
+        raise InputError(f"--val-every must be at least 1, got {val_every}")
+    if max_minutes is not None and max_minutes <= 0:
+        raise InputError(f"--max-minutes must be positive, got {max_minutes}")
+    if num_workers is not None and int(num_workers) < 0:
+        raise InputError(f"--num-workers must be >= 0, got {num_workers}")
+
+
+def fold_cases(dataset_name: str, plans_dir: Path, fold: int | str) -> tuple[list[str], list[str]]:
+    """(training cases, validation cases) of `fold` in the dataset's splits_final.json (`all`: every case
+    trains, none validates); InputError when the plans or the splits are missing or the fold is not there."""
+    plans_file = plans_dir / "plans.json"
+    if not plans_file.is_file():
+        raise InputError(f"{plans_file}: no plans; run autodetr_plan_and_preprocess -d {dataset_name} first")
+    splits_file = preprocessed_root() / dataset_name / "splits_final.json"
+    if not splits_file.is_file():
+        raise InputError(f"{splits_file}: no splits; run autodetr_plan_and_preprocess -d {dataset_name} first")
+    splits = read_json(splits_file)
+    if fold == "all":
+        train_cases = sorted({c for split in splits for c in split["train"] + split["val"]})
+        val_cases: list[str] = []
+    else:
+        if not 0 <= int(fold) < len(splits):
+            raise InputError(f"fold {fold}: {splits_file} has folds 0..{len(splits) - 1}")
+        train_cases, val_cases = list(splits[int(fold)]["train"]), list(splits[int(fold)]["val"])
+    if not train_cases:
+        raise InputError(f"fold {fold} of {splits_file} has no training cases")
+    return train_cases, val_cases
+
+
+def fold_plans(plans_dir: Path, output: Path, fold: int | str, train_cases: Sequence[str], resume: bool,
+               backbone: str | None, overrides: Sequence[str] | dict | None, schedule: dict) -> dict:
+    """The plans a fold trains with: the dataset's plans (or, resuming, the fold's own), upgraded, with the
+    backbone, `--set` overrides and schedule options applied, and the atlas of the fold's training cases."""
+    if resume and not (output / CHECKPOINT_NAMES["last"]).is_file():
+        raise InputError(f"--resume: {output / CHECKPOINT_NAMES['last']} does not exist; train without --resume first")
+    # resuming continues with the plans the fold was trained with; new overrides apply on top
+    base = read_json(output / "plans.json") if resume and (output / "plans.json").is_file() else read_json(plans_dir / "plans.json")
+    plans = upgrade(copy.deepcopy(base))
+    if backbone is not None:
+        if backbone not in ("fpn", "resnet50", "resnet101"):
+            raise InputError(f"--backbone {backbone}: choose fpn, resnet50 or resnet101")
+        plans["network"]["backbone"] = backbone
+    apply_overrides(plans, overrides)
+    for key, value in schedule.items():
+        if value is not None:
+            if value <= 0:
+                raise InputError(f"{key.replace('_', ' ')} must be positive, got {value}")
+            plans["training"][key] = value
+    if not (resume and "atlas" in base and base.get("atlas", {}).get("fold") == str(fold)):
+        plans["atlas"] = fold_atlas(plans_dir, train_cases, len(plans["classes"]), fold)
+    return plans
+
+
+def training_device(device: str | None, info) -> str:
+    """The torch device of this rank: `--device` resolved (`autodetr.devices`), `cuda` made each rank's own
+    GPU under torchrun (else cuda:0); CPU ranks share the cores."""
+    import torch
+
+    name = resolve_device(device)
+    if name == "mps":
+        raise InputError("--device mps: training runs on cpu or cuda")
+    if name == "cuda":
+        name = f"cuda:{info.local_rank}" if info.enabled else "cuda:0"
+    if info.enabled and name == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world_size))
+    return name
+
+
+def run_fold(plans: dict, setup) -> Path:
+    """Write the fold's plans.json and arguments.json (rank 0) and run the trainer; returns the fold folder."""
+    import torch
+
+    from autodetr.training.distributed import cleanup_distributed, init_distributed
+    from autodetr.training.trainer import Trainer
+
+    init_distributed(setup.distributed, torch.device(setup.device))
     try:
-        if info.is_main:
+        if setup.distributed.is_main:
+            output = Path(setup.output_folder)
             output.mkdir(parents=True, exist_ok=True)
             write_json(output / "plans.json", plans)
-            write_json(output / "arguments.json", arguments)
+            write_json(output / "arguments.json", setup.arguments)
         return Trainer(plans, setup).run()
     finally:
         cleanup_distributed()
