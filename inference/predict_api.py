@@ -464,38 +464,25 @@ def predict(
     `slicer`: also write `<case>.mrk.json`, one 3D Slicer ROI per detection (`autodetr.slicer_markups`)."""
     from tqdm import tqdm
 
-    if checkpoint is not None and checkpoint not in CHECKPOINT_NAMES:
-        raise InputError(f"--checkpoint must be one of {', '.join(CHECKPOINT_NAMES)}, got '{checkpoint}'")
-    if not 0.0 <= score_threshold <= 1.0:
-        raise InputError(f"--score-threshold must be in [0, 1], got {score_threshold}")
-    if not 0.0 < iou_threshold <= 1.0:
-        raise InputError(f"--iou-threshold must be in (0, 1], got {iou_threshold}")
-    if max_per_class < 1:
-        raise InputError(f"--max-per-class must be at least 1, got {max_per_class}")
+    from autodetr.atomic_io import remove_stale_partials
+
+    check_prediction_options(checkpoint, score_threshold, iou_threshold, max_per_class)
     output = Path(output_folder)
     if output.exists() and not output.is_dir():
         raise InputError(f"{output}: output exists and is not a folder")
     model_folder = resolve_model_folder(dataset, model)
     fold_folders = select_folds(model_folder, folds)
-    from autodetr.atomic_io import read_json, remove_stale_partials
-
-    for fold_folder in fold_folders:  # one line naming a corrupt file, not a traceback while loading
-        if (fold_folder / "arguments.json").is_file():
-            read_json(fold_folder / "arguments.json", expected=dict)
-    plans = read_json(fold_folders[0] / "plans.json", expected=dict)
+    plans = read_model_plans(fold_folders)
     remove_stale_partials(output)
     cases = discover_cases(input_path, Plans.of(plans).in_channels, exclude=output)
     output.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary(model_folder=model_folder, folds=[f.name for f in fold_folders])
-
+    writing = CaseOutputs(output, model_folder, tta, iou_threshold, score_threshold, save_masks, slicer)
     todo = []
     for case in cases:
         if not overwrite and _is_done(output, case.case_id):
             summary.skipped.append(case.case_id)
-            if save_masks and not mask_path(output, case.case_id).is_file():
-                write_mask_from_prediction(prediction_path(output, case.case_id), mask_path(output, case.case_id))
-            if slicer and not markups_path(output, case.case_id).is_file():
-                write_slicer_rois_from_prediction(prediction_path(output, case.case_id), markups_path(output, case.case_id))
+            writing.complete_extras(case.case_id)
         else:
             todo.append(case)
     if todo:
@@ -509,42 +496,94 @@ def predict(
         bar = tqdm(total=len(todo), desc="Predicting", unit="case", disable=not progress, file=sys.stderr)
         for case, prepared in prefetcher:
             try:
-                if isinstance(prepared, str):
-                    raise InputError(prepared)
-                if not prepared.body_found:  # all air or a few voxels: organ boxes there would be noise
-                    result = empty_result()
-                    warnings.warn(f"{case.source}: no body found (all air or under 2 voxels on an axis); nothing predicted",
-                                  stacklevel=1)
-                else:
-                    result = predictor.predict_case(prepared)
-                keep = result["scores"] >= score_threshold
-                geometry = prepared.restore.geometry
-                extra = {
-                    "source": case.source,
-                    "model": str(model_folder),
-                    "folds": [m.fold for m in predictor.members],
-                    "checkpoints": [Path(m.checkpoint).name for m in predictor.members],
-                    "tta": tta,
-                    "ensemble": {"method": "weighted box clustering", "iou_threshold": iou_threshold,
-                                 "members": result["members"], "support": result["support"][keep].tolist()},
-                    "score_threshold": score_threshold,
-                }
-                write_case_prediction(prediction_path(output, case.case_id), case.case_id, result["boxes"][keep],
-                                      result["scores"][keep], result["label_values"][keep], predictor.class_names,
-                                      geometry, extra)
-                if save_masks:
-                    write_box_mask(mask_path(output, case.case_id), result["boxes"][keep], result["label_values"][keep], geometry)
-                if slicer:
-                    write_slicer_rois_from_prediction(prediction_path(output, case.case_id), markups_path(output, case.case_id))
+                writing.write(case, prepared, predictor)
                 summary.written.append(case.case_id)
             except Exception as error:  # noqa: BLE001 - report and go on with the other cases
-                if os.environ.get("AUTODETR_DEBUG") and not isinstance(error, InputError):
-                    traceback.print_exc()
-                reason = str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
-                reason = " ".join(reason.split())
-                summary.failed[case.case_id] = reason
-                tqdm.write(f"failed: {case.case_id}: {reason}", file=sys.stderr)
+                summary.failed[case.case_id] = failure_reason(error)
+                tqdm.write(f"failed: {case.case_id}: {summary.failed[case.case_id]}", file=sys.stderr)
             bar.update()
         bar.close()
     summary.csv = write_boxes_csv(output)
     return summary
+
+
+def check_prediction_options(checkpoint: str | None, score_threshold: float, iou_threshold: float, max_per_class: int) -> None:
+    """One line naming the first prediction option out of range."""
+    if checkpoint is not None and checkpoint not in CHECKPOINT_NAMES:
+        raise InputError(f"--checkpoint must be one of {', '.join(CHECKPOINT_NAMES)}, got '{checkpoint}'")
+    if not 0.0 <= score_threshold <= 1.0:
+        raise InputError(f"--score-threshold must be in [0, 1], got {score_threshold}")
+    if not 0.0 < iou_threshold <= 1.0:
+        raise InputError(f"--iou-threshold must be in (0, 1], got {iou_threshold}")
+    if max_per_class < 1:
+        raise InputError(f"--max-per-class must be at least 1, got {max_per_class}")
+
+
+def read_model_plans(fold_folders: Sequence[Path]) -> dict:
+    """The plans of the first fold, after checking every fold's arguments.json reads (one line naming a
+    corrupt file, not a traceback while loading)."""
+    from autodetr.atomic_io import read_json
+
+    for fold_folder in fold_folders:
+        if (fold_folder / "arguments.json").is_file():
+            read_json(fold_folder / "arguments.json", expected=dict)
+    return read_json(fold_folders[0] / "plans.json", expected=dict)
+
+
+def failure_reason(error: Exception) -> str:
+    """One line for a case that failed: the InputError's message, else the exception's type and text
+    (with the traceback on stderr when AUTODETR_DEBUG is set)."""
+    if os.environ.get("AUTODETR_DEBUG") and not isinstance(error, InputError):
+        traceback.print_exc()
+    reason = str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
+    return " ".join(reason.split())
+
+
+@dataclass
+class CaseOutputs:
+    """What `predict` writes per case: the prediction JSON, and on request the box mask and Slicer ROIs."""
+
+    output: Path
+    model_folder: Path
+    tta: bool
+    iou_threshold: float
+    score_threshold: float
+    save_masks: bool
+    slicer: bool
+
+    def complete_extras(self, case_id: str) -> None:
+        """For a case predicted earlier: add the box mask / Slicer ROIs now asked for and still missing."""
+        if self.save_masks and not mask_path(self.output, case_id).is_file():
+            write_mask_from_prediction(prediction_path(self.output, case_id), mask_path(self.output, case_id))
+        if self.slicer and not markups_path(self.output, case_id).is_file():
+            write_slicer_rois_from_prediction(prediction_path(self.output, case_id), markups_path(self.output, case_id))
+
+    def write(self, case: InputCase, prepared: Any, predictor: "EnsemblePredictor") -> None:
+        """Predict one prepared case (or report its read error) and write its files."""
+        if isinstance(prepared, str):
+            raise InputError(prepared)
+        if not prepared.body_found:  # all air or a few voxels: organ boxes there would be noise
+            result = empty_result()
+            warnings.warn(f"{case.source}: no body found (all air or under 2 voxels on an axis); nothing predicted",
+                          stacklevel=1)
+        else:
+            result = predictor.predict_case(prepared)
+        keep = result["scores"] >= self.score_threshold
+        geometry = prepared.restore.geometry
+        extra = {
+            "source": case.source,
+            "model": str(self.model_folder),
+            "folds": [m.fold for m in predictor.members],
+            "checkpoints": [Path(m.checkpoint).name for m in predictor.members],
+            "tta": self.tta,
+            "ensemble": {"method": "weighted box clustering", "iou_threshold": self.iou_threshold,
+                         "members": result["members"], "support": result["support"][keep].tolist()},
+            "score_threshold": self.score_threshold,
+        }
+        write_case_prediction(prediction_path(self.output, case.case_id), case.case_id, result["boxes"][keep],
+                              result["scores"][keep], result["label_values"][keep], predictor.class_names,
+                              geometry, extra)
+        if self.save_masks:
+            write_box_mask(mask_path(self.output, case.case_id), result["boxes"][keep], result["label_values"][keep], geometry)
+        if self.slicer:
+            write_slicer_rois_from_prediction(prediction_path(self.output, case.case_id), markups_path(self.output, case.case_id))
