@@ -16,14 +16,17 @@ from autodetr.atomic_io import read_json, write_json
 from autodetr.detector import OBJECTIVES, check_objective
 from autodetr.errors import InputError
 from autodetr.devices import resolve_device
-from autodetr.paths import check_folder_name, dataset_name_from_id, preprocessed_root
-from autodetr.paths import CHECKPOINT_NAMES, PLANS_NAME, fold_folder, parse_fold, trainer_folder_name
+from autodetr.paths import (
+    CHECKPOINT_NAMES,
+    PLANS_NAME,
+    check_folder_name,
+    dataset_name_from_id,
+    fold_folder,
+    parse_fold,
+    preprocessed_root,
+    trainer_folder_name,
+)
 from autodetr.plans import TRAINING_DEFAULTS, apply_overrides, upgrade
-
-
-def default_device() -> str:
-    """cuda when available, else cpu (`--device auto`)."""
-    return resolve_device("auto")
 
 
 def default_num_workers(world_size: int = 1, device: str = "cuda") -> int:
