@@ -25,15 +25,15 @@ Objectives (`OBJECTIVES`):
   structure of the D-RMM paper (Fig. 3). (Applying the head to the layers' INPUT reference boxes
   instead would leave the decoder's refinement MLPs without any gradient, so every layer would sample
   around the layer-0 reference.) gamma, objectness and class come from the D-RMM head. With
-  `plans["network"]["drmm"]["class_groups"]` (the planner writes true; a plan without the key means
+  `network.drmm.class_groups` (the planner writes true; a plan without the key means
   false, the paper's free class head) query k is dedicated to class k mod C: see
   `autodetr.model.drmm_head` for why the free class head collapses on organ data.
   Inference: `drmm_select_detections` (score p_kc * o_k, the best query per class; no NMS).
 
-Queries (`plans["network"]["queries"]`): `"class_anchored"` (the planner's default) or `"learned"`
+Queries (`network.queries`): `"class_anchored"` (the planner's default) or `"learned"`
 (the paper's configuration: N learned queries over all classes, global matching; also what a plan
 without the key means, so older folds load). Class-anchored queries (`autodetr.model.anchors`) come in
-class groups whose reference boxes start at the organ atlas (`plans["atlas"]`, the fold's training
+class groups whose reference boxes start at the organ atlas (the plan's `atlas`, the fold's training
 cases); dqm / hungarian then use the `GroupedDETRHead` (one "class c or nothing" score per query) and
 the grouped matching and loss of `autodetr.losses.grouped`; drmm uses its class groups on the same
 anchors. The untrained detector predicts exactly the atlas prior (median box per class, score = class
@@ -58,7 +58,7 @@ from autodetr.paths import CHECKPOINT_PREFERENCE
 from autodetr.plans import QUERY_KINDS, Plans
 
 __all__ = [
-    "OBJECTIVES", "QUERY_KINDS", "CHECKPOINT_PREFERENCE", "query_kind", "plan_atlas", "initial_score_logits", "DRMMDecoderHead", "DRMMCriterion", "build_detector",
+    "OBJECTIVES", "QUERY_KINDS", "CHECKPOINT_PREFERENCE", "query_kind", "plan_atlas", "initial_score_logits", "build_detector",
     "build_criterion", "detect", "to_original_voxels", "load_trained_detector", "find_checkpoint",
 ]
 
@@ -72,35 +72,6 @@ def check_objective(objective: str) -> str:
     return objective
 
 
-class DRMMDecoderHead(nn.Module):
-    """Pluggable Organ-DETR head (`head(query_features, reference_boxes, refined_boxes) -> dict`) that
-    returns `{"drmm": DRMMHead output}` with mu tied to the decoder's refined boxes (module docstring)."""
-
-    def __init__(
-        self, hidden_dim: int, num_classes: int, num_layers: int, class_groups: bool = False, scale_floor: float = 0.04
-    ) -> None:
-        super().__init__()
-        from autodetr.model.drmm_head import DRMMHead
-
-        self.drmm = DRMMHead(hidden_dim, num_classes, num_layers, class_groups=class_groups, scale_floor=scale_floor)
-        for layer_head in self.drmm.heads:
-            last = layer_head.box_embed.layers[-1]
-            with torch.no_grad():
-                last.weight[:6].zero_()
-                last.bias[:6].zero_()
-            last.weight.register_hook(_zero_location_rows)
-            last.bias.register_hook(_zero_location_rows)
-
-    def forward(self, query_features: torch.Tensor, reference_boxes: torch.Tensor, refined_boxes: torch.Tensor) -> dict[str, Any]:
-        return {"drmm": self.drmm(query_features, refined_boxes)}
-
-
-def _zero_location_rows(gradient: torch.Tensor) -> torch.Tensor:
-    gradient = gradient.clone()
-    gradient[:6] = 0
-    return gradient
-
-
 #: Score logit of the non-median queries of a group below the median query's (untrained detector).
 SPREAD_SLOT_LOGIT_OFFSET = 2.0
 
@@ -111,12 +82,13 @@ def query_kind(plans: dict[str, Any]) -> str:
 
 
 def plan_atlas(plans: dict[str, Any]):
-    """The organ atlas of the plan (`plans["atlas"]`), or the uninformed one when the plan has none."""
+    """The organ atlas of the plan, or the uninformed one when the plan has none."""
     from autodetr.planners.atlas import OrganAtlas
 
-    num_classes = len(plans["classes"])
-    if "atlas" in plans:
-        atlas = OrganAtlas.from_json(plans["atlas"])
+    planned = Plans.of(plans)
+    num_classes = planned.num_classes
+    if planned.has_atlas:
+        atlas = OrganAtlas.from_json(planned.atlas_json)
         if atlas.num_classes != num_classes:
             raise InputError(f"plans atlas has {atlas.num_classes} classes, the plan {num_classes}")
         return atlas
@@ -142,9 +114,10 @@ def build_detector(plans: dict[str, Any], objective: str = "dqm") -> nn.Module:
     from autodetr.model.heads import GroupedDETRHead
 
     check_objective(objective)
-    anchored = query_kind(plans) == "class_anchored"
-    network = plans["network"]
-    num_queries = int(network["num_queries"])
+    planned = Plans.of(plans)
+    anchored = planned.query_kind == "class_anchored"
+    network = planned.network
+    num_queries = planned.num_queries
     anchors = None
     if anchored:
         from autodetr.model.anchors import anchor_boxes, query_classes
@@ -155,12 +128,14 @@ def build_detector(plans: dict[str, Any], objective: str = "dqm") -> nn.Module:
                              f"{atlas.num_classes} classes; raise matching.rho or set network.queries=learned")
         anchors = anchor_boxes(atlas, num_queries)
     if objective == "drmm":
-        num_classes = len(plans["classes"])
-        drmm = network.get("drmm", {})  # plans written before these keys existed: the paper's head
+        from autodetr.model.drmm_head import DRMMDecoderHead
+
+        num_classes = planned.num_classes
+        drmm = planned.drmm_settings  # plans written before these keys existed: the paper's head
         class_groups = bool(drmm.get("class_groups", False)) or anchored
-        if class_groups and int(network["num_queries"]) < num_classes:
+        if class_groups and num_queries < num_classes:
             raise InputError(
-                f"D-RMM class groups need at least one query per class: {network['num_queries']} queries for "
+                f"D-RMM class groups need at least one query per class: {num_queries} queries for "
                 f"{num_classes} classes; raise matching.rho or set network.drmm.class_groups=false"
             )
         head = DRMMDecoderHead(
@@ -175,40 +150,14 @@ def build_detector(plans: dict[str, Any], objective: str = "dqm") -> nn.Module:
     return build_model(plans)
 
 
-class DRMMCriterion(nn.Module):
-    """D-RMM loss on `outputs["drmm"]` plus `lambda_seg * L_seg` on `outputs["seg_logits"]`.
-
-    `criterion(outputs, targets, seg_target) -> (loss, components)`; components: the `DRMMLoss` floats
-    (`nll`, `mcm`, ...), `seg` (unweighted) and `total`.
-    """
-
-    def __init__(self, plans: dict[str, Any]) -> None:
-        super().__init__()
-        from autodetr.losses.drmm import DRMMLoss
-        from autodetr.model.fine_segmentation import segmentation_strides
-
-        self.drmm = DRMMLoss.from_plans(plans)
-        self.weight_seg = float(plans["loss"]["seg"])
-        self.seg_strides = segmentation_strides(plans)
-
-    def forward(
-        self, outputs: dict[str, Any], targets: Sequence[dict[str, torch.Tensor]], seg_target: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        from autodetr.losses.segmentation import add_segmentation_term
-
-        total, components = self.drmm(outputs["drmm"], targets)
-        components = dict(components)
-        total = add_segmentation_term(total, components, outputs, seg_target, self.weight_seg, self.seg_strides)
-        components["total"] = float(total.detach())
-        return total, components
-
-
 def build_criterion(plans: dict[str, Any], objective: str = "dqm") -> nn.Module:
     """The training loss of `objective`: `criterion(outputs, targets, seg_target) -> (loss, components)`.
 
     dqm / hungarian: `SetCriterion(plans, matcher=objective)` (Eq. 8); drmm: `DRMMCriterion`."""
     check_objective(objective)
     if objective == "drmm":
+        from autodetr.losses.drmm import DRMMCriterion
+
         return DRMMCriterion(plans)
     if query_kind(plans) == "class_anchored":
         from autodetr.losses.grouped import GroupedSetCriterion

@@ -22,6 +22,8 @@ from autodetr.errors import InputError
 
 #: Query designs: rho queries per class at the organ atlas, or the paper's learned queries.
 QUERY_KINDS = ("class_anchored", "learned")
+#: Backbones the network builder knows (`network.backbone`; `autodetr.model.backbone.Backbone`).
+BACKBONES = ("fpn", "resnet50", "resnet101")
 
 #: Augmentation parameters (`plans["training"]["augmentation"]`), see `autodetr.training.augmentation`.
 DEFAULT_AUGMENTATION: dict[str, Any] = {
@@ -128,10 +130,11 @@ def _fill(target: dict, defaults: Mapping[str, Any]) -> None:
 
 def upgrade(plans: dict) -> dict:
     """Bring a plans dict written by an older version up to date, in place: the query kind of plans
-    before class-anchored queries ("learned"), the training and loss defaults, the number of input
+    before class-anchored queries ("learned"), the backbone ("fpn"), the training and loss defaults, the number of input
     channels, and eta where the plan did not store it."""
     network = plans.setdefault("network", {})
     network.setdefault("queries", "learned")
+    network.setdefault("backbone", "fpn")
     if "in_channels" not in network and "channel_names" in plans:
         network["in_channels"] = len(plans["channel_names"])
     _fill(plans.setdefault("training", {}), TRAINING_DEFAULTS)
@@ -254,6 +257,29 @@ class Plans:
         value = self._data.get("transpose_forward")
         return None if value is None else [int(a) for a in value]
 
+    # preprocessing ----------------------------------------------------------------------------
+    def value(self, key: str) -> Any:
+        """The plan's top-level `key` as stored (None when absent), e.g. for identity hashes."""
+        return copy.deepcopy(self._data.get(key))
+
+    def normalization(self, channel: int) -> str:
+        """nnU-Net normalisation scheme name of input channel `channel`."""
+        return str(self._data["normalization"][str(channel)])
+
+    def intensity_properties(self, channel: int) -> dict[str, float]:
+        """Foreground intensity statistics of channel `channel` (from the fingerprint)."""
+        return dict(self._data["foreground_intensity_properties_per_channel"][str(channel)])
+
+    @property
+    def ct_channels(self) -> list[int]:
+        """Input channels normalised as CT (Hounsfield units)."""
+        return sorted(int(k) for k, v in self._data["normalization"].items() if v == "CTNormalization")
+
+    @property
+    def resampling(self) -> dict[str, Any]:
+        """Interpolation orders and the anisotropy threshold of resampling."""
+        return dict(self._data["resampling"])
+
     @property
     def in_channels(self) -> int:
         """Image channels the network takes (`network.in_channels`; 1 for a plan without either key)."""
@@ -263,6 +289,15 @@ class Plans:
     @property
     def network(self) -> dict[str, Any]:
         return self._data["network"]
+
+    @property
+    def backbone(self) -> str:
+        return str(self._data["network"].get("backbone", "fpn"))
+
+    @property
+    def drmm_settings(self) -> dict[str, Any]:
+        """`network.drmm` (empty for plans written before it: the paper's D-RMM head)."""
+        return dict(self._data["network"].get("drmm") or {})
 
     @property
     def query_kind(self) -> str:
@@ -293,9 +328,25 @@ class Plans:
         return self._data["loss"]
 
     @property
+    def augmentation(self) -> dict[str, Any]:
+        """`training.augmentation` over `DEFAULT_AUGMENTATION`."""
+        return {**DEFAULT_AUGMENTATION, **(self._data["training"].get("augmentation") or {})}
+
+    @property
+    def matcher_cost(self) -> dict[str, float]:
+        """Matching cost weights (class, L1, GIoU) of `loss.matcher_cost`."""
+        return {key: float(value) for key, value in self._data["loss"]["matcher_cost"].items()}
+
+    @property
     def has_atlas(self) -> bool:
         return "atlas" in self._data
 
     @property
     def atlas_json(self) -> dict[str, Any] | None:
         return self._data.get("atlas")
+
+    def with_atlas(self, atlas_json: Mapping[str, Any]) -> "Plans":
+        """A new `Plans` whose organ atlas is `atlas_json` (a fold's own atlas at training start)."""
+        data = self.to_dict()
+        data["atlas"] = copy.deepcopy(dict(atlas_json))
+        return Plans(data)

@@ -6,7 +6,7 @@ Pipeline per case:
 1. read (`inputs.read_input_case`: image files or a DICOM series) and preprocess with the model's
    plans (`autodetr.preprocessing.preprocess_case.preprocess_image`: transpose, crop to the body,
    normalise, resample; a body larger than the planned input is scaled down, never cut);
-2. pad at the high end of each axis to `plans["input_size"]` with the normalised background (as in
+2. pad at the high end of each axis to the plan's `input_size` with the normalised background (as in
    training), and run every fold model (and every mirrored copy);
 3. each member's detections (`autodetr.detector.detect`: normalised centre boxes relative to the input
    size) -> preprocessed voxel corner boxes (`autodetr.boxes.denormalise_centre`), clipped to the
@@ -165,11 +165,9 @@ def lateral_axis(geometry: Geometry, transpose_forward: Sequence[int]) -> int:
 
 def training_mirrored_left_right(plans: dict) -> bool:
     """Whether the trainer's augmentation mirrored the left-right axis (`p_mirror` > 0 in the fold's
-    `plans["training"]["augmentation"]`; trainers that do not record it are assumed to have)."""
-    options = (plans.get("training") or {}).get("augmentation")
-    if not isinstance(options, dict):
-        return True
-    return bool(options.get("enabled", True)) and float(options.get("p_mirror", 0.0)) > 0
+    `training.augmentation`; trainers that do not record it are assumed to have)."""
+    options = Plans.of(plans).augmentation
+    return bool(options["enabled"]) and float(options["p_mirror"]) > 0
 
 
 def tta_variants(plans: dict, geometry: Geometry) -> list[Variant]:
@@ -182,7 +180,7 @@ def tta_variants(plans: dict, geometry: Geometry) -> list[Variant]:
     add noise to the ensemble. Without lateral pairs nothing needs swapping back."""
     variants = [Variant()]
     if training_mirrored_left_right(plans):
-        variants.append(Variant((lateral_axis(geometry, plans["transpose_forward"]),), True))
+        variants.append(Variant((lateral_axis(geometry, Plans.of(plans).transpose_forward),), True))
     return variants
 
 
@@ -245,7 +243,8 @@ class EnsemblePredictor:
             if self.plans is None:
                 self.plans, self.arguments = plans, arguments
             else:
-                different = [k for k in SHARED_PLANS_KEYS if plans.get(k) != self.plans.get(k)]
+                ours, theirs = Plans.of(self.plans), Plans.of(plans)
+                different = [k for k in SHARED_PLANS_KEYS if theirs.value(k) != ours.value(k)]
                 if different:
                     raise InputError(f"{folder}: plans differ from {fold_folders[0]} in {', '.join(different)}; "
                                      "folds of one ensemble must share their plans")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from autodetr.errors import cli_main
-from autodetr.plans import parse_override
+from autodetr.plans import BACKBONES, parse_override
 from autodetr.planners.planner import DEFAULT_LAMBDA, DEFAULT_RHO, PLANS_NAME, PRESETS
 
 
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"DQM matching ratio lambda, eta = ceil(lambda * rho) in [1, 5] (default {DEFAULT_LAMBDA})")
     parser.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), help="target spacing in mm instead of the planned one")
     parser.add_argument("--input-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="network input size in voxels instead of the planned one")
-    parser.add_argument("--backbone", choices=["fpn", "resnet50", "resnet101"], default="fpn", help="backbone (default fpn)")
+    parser.add_argument("--backbone", choices=list(BACKBONES), default="fpn", help="backbone (default fpn)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any plans value by its dotted key, value as JSON, e.g. --set network.hidden_dim=128 "
                         "--set training.batch_size=1 (repeatable)")

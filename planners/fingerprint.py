@@ -8,6 +8,7 @@ from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor impo
 
 from autodetr.errors import InputError
 from autodetr.parallel import progress_map
+from autodetr.plans import Plans
 from autodetr.preprocessing.cropping import crop_case
 from autodetr.preprocessing.box_files import read_any_case
 from autodetr.preprocessing.raw_dataset import OrganClass, RawCase
@@ -169,9 +170,10 @@ def check_cases_fit_plan(fingerprint: dict, raw_cases: list[RawCase], plans: dic
     network's smallest feature map), e.g. one written with a spacing of 0.01 mm."""
     from autodetr.preprocessing.preprocess_case import fitted_shape
 
-    forward = list(plans["transpose_forward"])
-    target = np.asarray(plans["spacing"], dtype=np.float64)
-    input_size = np.asarray(plans["input_size"])
+    planned = Plans.of(plans)
+    forward = planned.transpose_forward
+    target = np.asarray(planned.spacing, dtype=np.float64)
+    input_size = np.asarray(planned.input_size)
     for case_id, spacing, shape in zip(fingerprint["case_ids"], fingerprint["spacings_all"], fingerprint["shapes_after_crop_all"]):
         new_shape, _ = fitted_shape(np.asarray(shape)[forward], np.asarray(spacing)[forward], target, input_size)
         if new_shape.min() < min_size:

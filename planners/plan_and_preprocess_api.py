@@ -14,6 +14,7 @@ from autodetr.atomic_io import read_json, write_json
 from autodetr.errors import InputError
 from autodetr.locking import folder_lock
 from autodetr.paths import check_folder_name, dataset_name_from_id, inside, preprocessed_root, raw_root
+from autodetr.plans import Plans
 from autodetr.planners.fingerprint import check_cases_fit_plan, extract_fingerprint, planning_warnings
 from autodetr.planners.planner import PLANS_NAME, plan_experiment
 from autodetr.preprocessing.identity import preprocessing_identity
@@ -137,7 +138,7 @@ def write_dataset_atlas(plans: dict, folder: Path, case_ids: list[str], plans_fi
     detector recomputes it from its own training cases at training start)."""
     from autodetr.planners.atlas import atlas_from_preprocessed
 
-    atlas = atlas_from_preprocessed(folder, case_ids, len(plans["classes"]),
+    atlas = atlas_from_preprocessed(folder, case_ids, Plans.of(plans).num_classes,
                                     source=f"all {len(case_ids)} training cases after preprocessing")
     plans["atlas"] = atlas.to_json()
     plans["decisions"]["atlas"] = (

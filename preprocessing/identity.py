@@ -12,6 +12,7 @@ import numpy as np
 
 from autodetr.atomic_io import NPZ_ERRORS, read_json
 from autodetr.errors import InputError
+from autodetr.plans import Plans
 
 #: Plan keys that preprocessing reads.
 PREPROCESSING_KEYS = (
@@ -23,7 +24,8 @@ IDENTITY_KEY = "plan_identity"
 
 def preprocessing_identity(plans: dict) -> str:
     """16 hex digits of the SHA-256 of the plan's preprocessing values (canonical JSON)."""
-    values = {key: plans.get(key) for key in PREPROCESSING_KEYS}
+    planned = Plans.of(plans)
+    values = {key: planned.value(key) for key in PREPROCESSING_KEYS}
     text = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

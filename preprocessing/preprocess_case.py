@@ -14,6 +14,7 @@ import numpy as np
 from nnunetv2.preprocessing.normalization.default_normalization_schemes import CTNormalization, ZScoreNormalization
 from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape, resample_data_or_seg_to_shape
 
+from autodetr.plans import Plans
 from autodetr.preprocessing.cropping import BODY_THRESHOLD_HU, crop_case
 from autodetr.preprocessing.raw_dataset import Geometry
 from autodetr.preprocessing.restore import RestoreInfo
@@ -48,10 +49,11 @@ def fitted_shape(cropped_shape: np.ndarray, spacing: np.ndarray, target_spacing:
 
 def normalise(image: np.ndarray, plans: dict) -> np.ndarray:
     """nnU-Net's normalisation per channel, with the fingerprint's foreground intensity statistics."""
+    planned = Plans.of(plans)
     out = np.empty(image.shape, dtype=np.float32)
     for channel in range(image.shape[0]):
-        scheme = NORMALIZERS[plans["normalization"][str(channel)]]
-        properties = plans["foreground_intensity_properties_per_channel"][str(channel)]
+        scheme = NORMALIZERS[planned.normalization(channel)]
+        properties = planned.intensity_properties(channel)
         out[channel] = scheme(use_mask_for_norm=False, intensityproperties=properties).run(image[channel].copy())
     return out
 
@@ -66,19 +68,20 @@ def preprocess_image(
 ) -> PreprocessedCase:
     """Preprocess `image` `[C, z, y, x]` (original array order) and optionally its class-index map and
     corner boxes (original voxels) into the network's grid."""
-    forward = list(plans["transpose_forward"])
+    planned = Plans.of(plans)
+    forward = planned.transpose_forward
     spacing = geometry.spacing_zyx[forward]
     image = image.transpose([0] + [a + 1 for a in forward])
     label = None if class_map is None else class_map.transpose(forward)
-    ct_channels = [int(k) for k, v in plans["normalization"].items() if v == "CTNormalization"]
+    ct_channels = planned.ct_channels
     image, label, crop_box = crop_case(image, label, ct_channels)
     cropped_shape = np.asarray(image.shape[1:])
     body_found = bool(np.all(cropped_shape >= MIN_BODY_VOXELS)) and (
         not ct_channels or bool((image[ct_channels[0]] > BODY_THRESHOLD_HU).any()))
-    image = normalise(image, plans)
-    target = np.asarray(plans["spacing"], dtype=np.float64)
-    new_shape, effective_spacing = fitted_shape(cropped_shape, spacing, target, np.asarray(plans["input_size"]))
-    options = plans["resampling"]
+    image = normalise(image, planned)
+    target = np.asarray(planned.spacing, dtype=np.float64)
+    new_shape, effective_spacing = fitted_shape(cropped_shape, spacing, target, np.asarray(planned.input_size))
+    options = planned.resampling
     image = resample_data_or_seg_to_shape(
         image, new_shape, spacing, effective_spacing, is_seg=False, order=options["image_order"],
         order_z=options["order_z"], force_separate_z=None, separate_z_anisotropy_threshold=options["anisotropy_threshold"],

@@ -15,6 +15,7 @@ import numpy as np
 from autodetr.atomic_io import remove_stale_partials, write_json, write_npz
 from autodetr.errors import InputError
 from autodetr.parallel import progress_map
+from autodetr.plans import Plans
 from autodetr.preprocessing.identity import IDENTITY_KEY, identity_array, preprocessing_identity
 from autodetr.preprocessing.preprocess_case import preprocess_image
 from autodetr.preprocessing.box_files import read_any_case
@@ -54,7 +55,7 @@ def preprocess_training_case(raw_case: RawCase, classes: list[OrganClass], plans
     too_small = [int(s) for s in result.restore.preprocessed_shape]
     if min(too_small) < MIN_CASE_SIZE:
         raise InputError(
-            f"{raw_case.image_files[0]}: only {too_small} voxels at the planned spacing {plans['spacing']} mm, "
+            f"{raw_case.image_files[0]}: only {too_small} voxels at the planned spacing {Plans.of(plans).spacing} mm, "
             f"fewer than the network's smallest feature map ({MIN_CASE_SIZE} per axis); check its spacing "
             f"{list(case.geometry.spacing_xyz)} (x, y, z) or remove the case"
         )

@@ -83,7 +83,7 @@ def evaluate_cases(
     """All metrics of a list of cases (e.g. training's validation) as a JSON-ready dict.
 
     `cases`: `CaseResult`s with labels as class ids. `class_names`: class id -> name, or a list of names
-    for the contiguous class indices 1..C (e.g. `[c["name"] for c in plans["classes"]]`); it also fixes
+    for the contiguous class indices 1..C (e.g. `[c.name for c in Plans.of(plans).classes]`); it also fixes
     which classes are evaluated (others are ignored). Default: every label seen, named by its number.
     Returns `summarize_cases`' dict (mAP, AP50, AP75, mAR, nnDet_mAP, AP10, false_positives_absent,
     per_class ...) plus `ECE` (None without detections), per-class `ECE`, and `calibration` (bins).

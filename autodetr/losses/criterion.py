@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autodetr.boxes import normalise_corners
+from autodetr.plans import Plans
 from autodetr.boxes_torch import centre_to_corners, elementwise_generalized_box_iou
 
 from .matchers import HungarianMatcher, Match, build_matcher
@@ -52,14 +53,15 @@ class SetCriterion(nn.Module):
 
     def __init__(self, plans: dict[str, Any], matcher: str | HungarianMatcher = "dqm", seg_strides: Sequence[Sequence[int]] | None = None) -> None:
         super().__init__()
-        loss = plans["loss"]
-        self.num_classes = len(plans["classes"])
+        planned = Plans.of(plans)
+        loss = planned.loss
+        self.num_classes = planned.num_classes
         self.matcher = build_matcher(plans, matcher) if isinstance(matcher, str) else matcher
         self.weight_cls = float(loss["cls"])
         self.weight_l1 = float(loss["bbox"])
         self.weight_giou = float(loss["giou"])
         self.weight_seg = float(loss["seg"])
-        if seg_strides is None and "network" in plans:
+        if seg_strides is None and (isinstance(plans, Plans) or "network" in plans):
             from autodetr.model.fine_segmentation import segmentation_strides
 
             seg_strides = segmentation_strides(plans)

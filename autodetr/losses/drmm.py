@@ -45,12 +45,15 @@ Reading choices (the text extraction of the paper garbles some of the formulas):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from autodetr.model.drmm_head import log_mixing_weights
+from autodetr.plans import Plans
+
+from .segmentation import add_segmentation_term
 
 __all__ = ["DRMMLoss", "balance_location_gradient", "cauchy_log_density", "drmm_gt_terms"]
 
@@ -154,7 +157,7 @@ class DRMMLoss(nn.Module):
     """D-RMM objective `sum over layers of mean_g (NLL + beta * MCM)`.
 
     Args:
-        beta: MCM weight (paper and `plans["loss"]["drmm_beta"]`: 0.5).
+        beta: MCM weight (paper and the plan's `loss.drmm_beta`: 0.5).
         normalisation: "instance" (mean over all ground truths of the batch, default) or "sample"
             (mean per sample, then over samples with ground truth).
         detach_cauchy_in_mcm: stop-gradient on F inside MCM (paper's best setting, default True).
@@ -195,8 +198,6 @@ class DRMMLoss(nn.Module):
     def from_plans(cls, plans: dict, **kwargs) -> "DRMMLoss":
         """Build with `beta` = `loss.drmm_beta` and `location_beta` = `loss.drmm_location_beta` of the plan
         (defaults in `autodetr.plans.LOSS_DEFAULTS`: 0.5, and 0 for plans written before the key existed)."""
-        from autodetr.plans import Plans
-
         loss = Plans.of(plans).loss
         kwargs.setdefault("location_beta", float(loss["drmm_location_beta"]))
         return cls(beta=float(loss["drmm_beta"]), **kwargs)
@@ -243,4 +244,29 @@ class DRMMLoss(nn.Module):
             "max_component_ratio": ratio_last,
             "num_gt": float(num_gt),
         }
+        return total, components
+
+
+class DRMMCriterion(nn.Module):
+    """D-RMM loss on `outputs["drmm"]` plus `lambda_seg * L_seg` on `outputs["seg_logits"]`.
+
+    `criterion(outputs, targets, seg_target) -> (loss, components)`; components: the `DRMMLoss` floats
+    (`nll`, `mcm`, ...), `seg` (unweighted) and `total`.
+    """
+
+    def __init__(self, plans: dict[str, Any]) -> None:
+        super().__init__()
+        from autodetr.model.fine_segmentation import segmentation_strides
+
+        self.drmm = DRMMLoss.from_plans(plans)
+        self.weight_seg = float(Plans.of(plans).loss["seg"])
+        self.seg_strides = segmentation_strides(plans)
+
+    def forward(
+        self, outputs: dict[str, Any], targets: Sequence[dict[str, torch.Tensor]], seg_target: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        total, components = self.drmm(outputs["drmm"], targets)
+        components = dict(components)
+        total = add_segmentation_term(total, components, outputs, seg_target, self.weight_seg, self.seg_strides)
+        components["total"] = float(total.detach())
         return total, components

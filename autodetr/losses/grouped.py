@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autodetr.boxes_torch import centre_to_corners, elementwise_box_iou, elementwise_generalized_box_iou, generalized_box_iou_pairwise
+from autodetr.plans import Plans
 
 from .matchers import HungarianMatcher, Match, assign_with_copies, dqm_duplicates
 from .segmentation import add_segmentation_term
@@ -99,7 +100,7 @@ class GroupedMatcher(HungarianMatcher):
 
 def build_grouped_matcher(plans: dict[str, Any], kind: str = "dqm") -> GroupedMatcher:
     """`dqm` (1 + eta queries per ground truth) or `hungarian` (one), cost weights of the plan."""
-    cost = plans["loss"]["matcher_cost"]
+    cost = Plans.of(plans).matcher_cost
     weights = dict(weight_class=float(cost["cls"]), weight_l1=float(cost["l1"]), weight_giou=float(cost["giou"]))
     if kind == "dqm":
         return GroupedMatcher(**weights, copies=1 + dqm_duplicates(plans))
@@ -124,13 +125,13 @@ class GroupedSetCriterion(nn.Module):
         super().__init__()
         from autodetr.model.fine_segmentation import segmentation_strides
 
-        loss = plans["loss"]
+        loss = Plans.of(plans).loss
         self.matcher = build_grouped_matcher(plans, matcher)
         self.weight_cls = float(loss["cls"])
         self.weight_l1 = float(loss["bbox"])
         self.weight_giou = float(loss["giou"])
         self.weight_seg = float(loss["seg"])
-        self.seg_strides = segmentation_strides(plans) if "network" in plans else None
+        self.seg_strides = segmentation_strides(plans) if isinstance(plans, Plans) or "network" in plans else None
 
     def layer_losses(self, output: dict[str, torch.Tensor], targets: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         logits, boxes = output["pred_objectness"].float(), output["pred_boxes"].float()

@@ -21,6 +21,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from autodetr.boxes_torch import centre_to_corners, generalized_box_iou_pairwise
+from autodetr.plans import Plans
 
 Match = tuple[torch.Tensor, torch.Tensor]  # (query indices [K], ground-truth indices [K]), int64
 
@@ -94,8 +95,8 @@ class DenseQueryMatcher(HungarianMatcher):
 
 
 def build_matcher(plans: dict[str, Any], kind: str = "dqm") -> HungarianMatcher:
-    """`dqm` or `hungarian` with the cost weights of plans["loss"]["matcher_cost"]."""
-    cost = plans["loss"]["matcher_cost"]
+    """`dqm` or `hungarian` with the cost weights of the plan's `loss.matcher_cost`."""
+    cost = Plans.of(plans).matcher_cost
     weights = dict(weight_class=float(cost["cls"]), weight_l1=float(cost["l1"]), weight_giou=float(cost["giou"]))
     if kind == "dqm":
         return DenseQueryMatcher(**weights, eta=dqm_duplicates(plans))

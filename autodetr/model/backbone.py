@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autodetr.plans import BACKBONES, Plans
+
 from .blocks import StagedEncoder, BasicResidualBlock, ConvNormAct, as_triple
 from .resnet3d import RESNET_BLOCKS, ResNetEncoder
 
@@ -35,7 +37,7 @@ def encoder_level_strides(network: dict[str, Any]) -> list[Triple]:
 
 def feature_level_strides(plans: dict[str, Any]) -> list[Triple]:
     """Cumulative strides of the L_h levels the MSA encoder sees, COARSEST FIRST (P^(1) first)."""
-    network = plans["network"]
+    network = Plans.of(plans).network
     strides = encoder_level_strides(network)
     num_levels = int(network["num_feature_levels"])
     if not 1 <= num_levels <= len(strides):
@@ -44,8 +46,8 @@ def feature_level_strides(plans: dict[str, Any]) -> list[Triple]:
 
 
 def feature_level_shapes(plans: dict[str, Any], input_shape: Sequence[int] | None = None) -> list[Triple]:
-    """Shapes of the L_h levels (coarsest first) for `input_shape` (default: plans["input_size"])."""
-    shape = input_shape if input_shape is not None else plans["input_size"]
+    """Shapes of the L_h levels (coarsest first) for `input_shape` (default: the plan's input size)."""
+    shape = input_shape if input_shape is not None else Plans.of(plans).input_size
     return [tuple(math.ceil(int(n) / s) for n, s in zip(shape, stride)) for stride in feature_level_strides(plans)]  # type: ignore[misc]
 
 
@@ -124,7 +126,7 @@ class Backbone(nn.Module):
         elif kind in RESNET_BLOCKS:
             self.encoder = ResNetEncoder(kind, **common)
         else:
-            raise ValueError(f"unknown backbone {kind!r} (expected 'fpn', 'resnet50' or 'resnet101')")
+            raise ValueError(f"unknown backbone {kind!r} (expected one of {', '.join(BACKBONES)})")
         strides = encoder_level_strides(network)
         self.num_levels = int(network["num_feature_levels"])
         if not 1 <= self.num_levels <= len(strides):

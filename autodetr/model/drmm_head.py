@@ -62,12 +62,13 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["DRMMHead", "OTHER_GROUP_LOG_PROB", "drmm_select_detections", "inverse_sigmoid", "log_mixing_weights", "query_class_log_probs"]
+__all__ = ["DRMMDecoderHead", "DRMMHead", "OTHER_GROUP_LOG_PROB", "drmm_select_detections", "inverse_sigmoid", "log_mixing_weights", "query_class_log_probs"]
 
 #: log p_k(c) of a class outside the query's group (`class_groups=True`): exp() is exactly 0 in float32,
 #: while sums and products with 0 stay finite (no -inf arithmetic, no NaN).
@@ -136,7 +137,7 @@ class DRMMHead(nn.Module):
     """Mixture-model head on the Organ-DETR decoder (one head per decoder layer unless `share_layers`).
 
     Args:
-        hidden_dim: decoder width (`plans["network"]["hidden_dim"]`).
+        hidden_dim: decoder width (`network.hidden_dim` of the plan).
         num_classes: C, the number of organ classes (no background class).
         num_layers: decoder layers L_dec (the leading dimension of the inputs).
         share_layers: one head for all layers instead of one per layer.
@@ -261,3 +262,30 @@ def drmm_select_detections(head_output: dict, max_per_class: int = 1, score_thre
             }
         )
     return results
+
+
+class DRMMDecoderHead(nn.Module):
+    """Pluggable Organ-DETR head (the D-RMM objective of `autodetr.detector`) (`head(query_features, reference_boxes, refined_boxes) -> dict`) that
+    returns `{"drmm": DRMMHead output}` with mu tied to the decoder's refined boxes (module docstring)."""
+
+    def __init__(
+        self, hidden_dim: int, num_classes: int, num_layers: int, class_groups: bool = False, scale_floor: float = 0.04
+    ) -> None:
+        super().__init__()
+        self.drmm = DRMMHead(hidden_dim, num_classes, num_layers, class_groups=class_groups, scale_floor=scale_floor)
+        for layer_head in self.drmm.heads:
+            last = layer_head.box_embed.layers[-1]
+            with torch.no_grad():
+                last.weight[:6].zero_()
+                last.bias[:6].zero_()
+            last.weight.register_hook(_zero_location_rows)
+            last.bias.register_hook(_zero_location_rows)
+
+    def forward(self, query_features: torch.Tensor, reference_boxes: torch.Tensor, refined_boxes: torch.Tensor) -> dict[str, Any]:
+        return {"drmm": self.drmm(query_features, refined_boxes)}
+
+
+def _zero_location_rows(gradient: torch.Tensor) -> torch.Tensor:
+    gradient = gradient.clone()
+    gradient[:6] = 0
+    return gradient

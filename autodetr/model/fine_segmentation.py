@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autodetr.plans import Plans
+
 from .backbone import encoder_level_strides, feature_level_strides, upsample_to
 from .blocks import ConvNormAct, as_triple
 
@@ -45,7 +47,7 @@ def segmentation_strides(plans: dict[str, Any]) -> list[Triple]:
     """Cumulative stride of every segmentation output of the model, in `seg_logits` order: the MSA levels
     coarsest first, then the fine head's grid when the plan has one."""
     strides = feature_level_strides(plans)
-    settings = fine_segmentation_settings(plans["network"])
+    settings = fine_segmentation_settings(Plans.of(plans).network)
     if settings is not None:
         strides.append(settings["stride"])
     return strides

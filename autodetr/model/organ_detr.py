@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from autodetr.plans import Plans
+
 from .anchors import mask_boxes, mask_extent_boxes
 from .backbone import Backbone
 from .decoder import DeformableDecoder
@@ -50,8 +52,9 @@ class OrganDETR(nn.Module):
 
     def __init__(self, plans: dict[str, Any], head: nn.Module | None = None, anchors: torch.Tensor | None = None) -> None:
         super().__init__()
-        network = plans["network"]
-        num_classes = len(plans["classes"])
+        planned = Plans.of(plans)
+        network = planned.network
+        num_classes = planned.num_classes
         hidden = int(network["hidden_dim"])
         levels = int(network["num_feature_levels"])
         msa, dec = network["msa"], network["decoder"]

@@ -1,6 +1,6 @@
 """Training augmentation (batchgenerators) and the detection targets made from the augmented labels.
 
-Pipeline (`training_transforms`), on whole padded volumes (patch = `plans["input_size"]`, no crop):
+Pipeline (`training_transforms`), on whole padded volumes (patch = the plan's `input_size`, no crop):
 
 1. Spatial (`SpatialTransformPerSample`: batchgenerators' `augment_spatial`, `random_crop=False`,
    border mode constant with each sample's own minimum, i.e. the padded background): rotation (in the
@@ -12,7 +12,7 @@ Pipeline (`training_transforms`), on whole padded volumes (patch = `plans["input
 2. Left-right mirror with label swap (`LateralMirrorTransform`): with probability `p_mirror` the volume
    is flipped along the case's left-right axis (the image x axis, found through `transpose_forward`
    and the image direction: `dataset.left_right_axis`) AND the classes of every pair of
-   `plans["lateral_pairs"]` (kidney_left / kidney_right, ...) are swapped in the label map, so a voxel
+   the plan's `lateral_pairs` (kidney_left / kidney_right, ...) are swapped in the label map, so a voxel
    labelled kidney_left is always on the patient's left. Non-lateral organs change sides (the liver
    ends up on the left: a situs-inversus body), which is why the default probability is modest.
    The other axes are never mirrored: a head-foot or front-back flip makes a body the detector never
@@ -26,7 +26,7 @@ Pipeline (`training_transforms`), on whole padded volumes (patch = `plans["input
    `seg` holds class indices, so instances of one class merge into one box here -- acceptable for
    organs (one instance per class); instance-level targets would need the instance map.
 
-All parameters live in `plans["training"]["augmentation"]` (defaults `autodetr.plans.DEFAULT_AUGMENTATION`, written into
+All parameters live in the plan's `training.augmentation` (defaults `autodetr.plans.DEFAULT_AUGMENTATION`, written into
 the fold's plans.json, overridable with `--set training.augmentation.p_mirror=0`). Every transform uses
 numpy's global RNG, which the data loader seeds per batch (see `dataset.py`).
 """
@@ -46,15 +46,13 @@ from batchgenerators.transforms.color_transforms import (
 from batchgenerators.transforms.noise_transforms import GaussianNoiseTransform
 
 from autodetr.boxes import boxes_from_label_map, normalise_corners
-from autodetr.plans import DEFAULT_AUGMENTATION
+from autodetr.plans import Plans
 
 
 
 def augmentation_options(plans: dict) -> dict[str, Any]:
-    """`DEFAULT_AUGMENTATION` updated with `plans["training"]["augmentation"]`."""
-    options = dict(DEFAULT_AUGMENTATION)
-    options.update(plans.get("training", {}).get("augmentation", {}) or {})
-    return options
+    """`DEFAULT_AUGMENTATION` updated with the plan's `training.augmentation`."""
+    return Plans.of(plans).augmentation
 
 
 class SpatialTransformPerSample(AbstractTransform):
@@ -182,9 +180,10 @@ class DetectionTargetsTransform(AbstractTransform):
 
 def training_transforms(plans: dict, augment: bool = True) -> Compose:
     """The training pipeline of the module docstring (`augment=False`: targets only)."""
-    options = augmentation_options(plans)
-    input_size = plans["input_size"]
-    num_classes = len(plans["classes"])
+    planned = Plans.of(plans)
+    options = planned.augmentation
+    input_size = planned.input_size
+    num_classes = planned.num_classes
     transforms: list[AbstractTransform] = []
     if augment and options["enabled"]:
         in_plane = math.radians(float(options["rotation_degrees"]))
@@ -200,7 +199,7 @@ def training_transforms(plans: dict, augment: bool = True) -> Compose:
             p_scale_per_sample=float(options["p_scale"]), order_data=int(options["order_data"]),
         ))
         if float(options["p_mirror"]) > 0:
-            transforms.append(LateralMirrorTransform(plans.get("lateral_pairs", []), num_classes, float(options["p_mirror"])))
+            transforms.append(LateralMirrorTransform(planned.lateral_pairs, num_classes, float(options["p_mirror"])))
         transforms += [
             GammaTransform(tuple(options["gamma_range"]), invert_image=False, per_channel=True, retain_stats=True,
                            p_per_sample=float(options["p_gamma"])),

@@ -7,6 +7,7 @@ import sys
 from autodetr.detector import OBJECTIVES
 from autodetr.errors import cli_main
 from autodetr.paths import PLANS_NAME
+from autodetr.plans import BACKBONES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training objective: dqm (Organ-DETR dense query matching), hungarian (one-to-one "
                              "matching) or drmm (D-RMM mixture-model head and loss); default dqm")
     parser.add_argument("--plans", default=PLANS_NAME, help=f"plans name (the preprocessed folder of the plans); default {PLANS_NAME}")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (default: plans['training']['epochs'])")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default: the plan's training.epochs)")
     parser.add_argument("--iters-per-epoch", type=int, default=None,
-                        help="optimizer steps per epoch (default: plans['training']['iterations_per_epoch'])")
+                        help="optimizer steps per epoch (default: the plan's training.iterations_per_epoch)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size per process (default: from the plans)")
     parser.add_argument("--lr", type=float, default=None, help="base learning rate of AdamW (default: from the plans)")
     parser.add_argument("--device", default="auto", help="training device: auto (cuda if available, else cpu; the default), cpu, cuda or cuda:N; with torchrun, cuda means each rank's own GPU")
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue from checkpoint_last.pt of the fold (model, optimizer, schedule, position, "
                              "RNG); the same seed gives the same losses as an uninterrupted run")
     parser.add_argument("--seed", type=int, default=0, help="random seed (model initialisation, batches, augmentation); default 0")
-    parser.add_argument("--backbone", choices=["fpn", "resnet50", "resnet101"], default=None,
+    parser.add_argument("--backbone", choices=list(BACKBONES), default=None,
                         help="replace the planned backbone")
     parser.add_argument("--val-every", type=int, default=None, metavar="K",
                         help="validate (COCO mAP on the fold's validation cases) every K epochs; default: "

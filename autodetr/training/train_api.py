@@ -7,7 +7,6 @@ validation case and metrics.json / metrics.csv from the evaluator).
 """
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +25,7 @@ from autodetr.paths import (
     preprocessed_root,
     trainer_folder_name,
 )
-from autodetr.plans import TRAINING_DEFAULTS, apply_overrides, upgrade
+from autodetr.plans import BACKBONES, TRAINING_DEFAULTS, Plans, apply_overrides
 
 
 def default_num_workers(world_size: int = 1, device: str = "cuda") -> int:
@@ -73,14 +72,15 @@ def train(
     schedule = {"epochs": epochs, "iterations_per_epoch": iterations_per_epoch, "batch_size": batch_size,
                 "learning_rate": learning_rate}
     plans = fold_plans(plans_dir, output, fold_value, train_cases, resume, backbone, overrides, schedule)
+    planned = Plans.of(plans)
     info = distributed_from_environment()
     device_name = training_device(device, info)
     workers = default_num_workers(info.world_size, device_name) if num_workers is None else int(num_workers)
     arguments = {
         "dataset": str(dataset), "dataset_name": dataset_name, "fold": fold_value, "objective": objective,
-        "plans_name": plans_name, **{key: plans["training"][key] for key in schedule},
+        "plans_name": plans_name, **{key: planned.training[key] for key in schedule},
         "device": device_name, "num_workers": workers, "resume": bool(resume), "seed": int(seed),
-        "backbone": plans["network"].get("backbone"), "val_every": val_every, "max_minutes": max_minutes,
+        "backbone": planned.backbone, "val_every": val_every, "max_minutes": max_minutes,
         "overrides": list(overrides.items()) if isinstance(overrides, dict) else list(overrides or []),
         "world_size": info.world_size, "train_cases": train_cases, "val_cases": val_cases,
         "trainer": trainer_folder_name(objective, plans_name), "preprocessed_folder": str(plans_dir),
@@ -136,20 +136,21 @@ def fold_plans(plans_dir: Path, output: Path, fold: int | str, train_cases: Sequ
         raise InputError(f"--resume: {output / CHECKPOINT_NAMES['last']} does not exist; train without --resume first")
     # resuming continues with the plans the fold was trained with; new overrides apply on top
     base = read_json(output / "plans.json") if resume and (output / "plans.json").is_file() else read_json(plans_dir / "plans.json")
-    plans = upgrade(copy.deepcopy(base))
+    planned = Plans(base)
     if backbone is not None:
-        if backbone not in ("fpn", "resnet50", "resnet101"):
-            raise InputError(f"--backbone {backbone}: choose fpn, resnet50 or resnet101")
-        plans["network"]["backbone"] = backbone
-    apply_overrides(plans, overrides)
+        if backbone not in BACKBONES:
+            raise InputError(f"--backbone {backbone}: choose {', '.join(BACKBONES)}")
+        planned = planned.with_overrides({"network.backbone": backbone})
+    planned = planned.with_overrides(overrides)
     for key, value in schedule.items():
         if value is not None:
             if value <= 0:
                 raise InputError(f"{key.replace('_', ' ')} must be positive, got {value}")
-            plans["training"][key] = value
-    if not (resume and "atlas" in base and base.get("atlas", {}).get("fold") == str(fold)):
-        plans["atlas"] = fold_atlas(plans_dir, train_cases, len(plans["classes"]), fold)
-    return plans
+            planned = planned.with_overrides({f"training.{key}": value})
+    previous = Plans(base).atlas_json or {}
+    if not (resume and previous.get("fold") == str(fold)):
+        planned = planned.with_atlas(fold_atlas(plans_dir, train_cases, planned.num_classes, fold))
+    return planned.to_dict()
 
 
 def training_device(device: str | None, info) -> str:
@@ -188,7 +189,7 @@ def run_fold(plans: dict, setup) -> Path:
 
 def fold_atlas(plans_dir: Path, train_cases: Sequence[str], num_classes: int, fold: int | str) -> dict:
     """The organ atlas of a fold's training cases only (no validation case informs its own prior), as
-    JSON for `plans["atlas"]`: the class-anchored queries start at it and checkpoints carry it."""
+    JSON for the plan's `atlas`: the class-anchored queries start at it and checkpoints carry it."""
     from autodetr.planners.atlas import atlas_from_preprocessed
 
     atlas = atlas_from_preprocessed(plans_dir, train_cases, num_classes,

@@ -672,7 +672,7 @@ class BudgetProgress:
 
 
 def atlas_prior_metrics(plans: dict, val_files: Sequence[CaseFiles]) -> dict:
-    """Metrics of the atlas prior of `plans["atlas"]` (`autodetr.planners.atlas.prior_detections`: every
+    """Metrics of the atlas prior of the plan's `atlas` (`autodetr.planners.atlas.prior_detections`: every
     class's median box, the image never looked at) on preprocessed cases, in original voxels like the
     trained detector's validation: the baseline a fold must beat."""
     from autodetr.boxes import clip_boxes
