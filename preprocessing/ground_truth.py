@@ -22,6 +22,7 @@ import numpy as np
 from autodetr.boxes import boxes_from_label_map
 from autodetr.errors import InputError
 from autodetr.prediction_files import case_name_from_file
+from autodetr.preprocessing.raw_dataset import check_labels, label_entries, read_label_map
 
 LABEL_FILE_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd", ".nhdr", ".mhd")
 
@@ -39,11 +40,6 @@ class DatasetClasses:
     def values(self) -> list[int]:
         return sorted(self.names)
 
-    def value_of_class_index(self, class_index: int) -> int | None:
-        """nnDetection's 0-based class index -> label value (i-th foreground class by value)."""
-        values = self.values
-        return values[class_index] if 0 <= class_index < len(values) else None
-
     def restrict(self, class_names: Sequence[str] | None) -> "DatasetClasses":
         if not class_names:
             return self
@@ -57,46 +53,19 @@ class DatasetClasses:
 
 
 def read_dataset_classes(path: str | os.PathLike) -> DatasetClasses:
-    """Foreground classes of a dataset.json in nnU-Net v2 (`{"background": 0, "liver": 1}`), nnU-Net v1 /
-    MSD (`{"0": "background", "1": "liver"}`) or nnDetection (`{"0": "liver", "1": "spleen"}`: class
-    index i becomes label value i + 1) form."""
+    """Foreground classes of a dataset.json, read as preprocessing reads them
+    (`autodetr.preprocessing.raw_dataset.label_entries`: nnU-Net v2, nnU-Net v1 / MSD or nnDetection form,
+    where class index i is label value i + 1), so label values agree with the plan's."""
     path = Path(path)
     try:
         content = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"{path}: cannot read dataset.json ({error})") from error
-    labels = content.get("labels") if isinstance(content, dict) else None
-    if not isinstance(labels, dict) or not labels:
-        raise InputError(f"{path}: needs a non-empty 'labels' object")
-    file_ending = content.get("file_ending")
-    keys_numeric = all(str(k).lstrip("-").isdigit() for k in labels)
-    values_are_names = all(isinstance(v, str) for v in labels.values())
-    names: dict[int, str] = {}
-    if keys_numeric and values_are_names:
-        background = labels.get("0")
-        if background is not None and background.lower() in ("background", "bg", "clear label"):
-            style = "value_to_name"
-            for key, name in labels.items():
-                if int(key) != 0:
-                    names[int(key)] = name
-        else:
-            style = "nndetection"
-            for key, name in labels.items():
-                names[int(key) + 1] = name
-    else:
-        style = "nnunetv2"
-        for name, value in labels.items():
-            if isinstance(value, (list, tuple)):
-                raise InputError(f"{path}: label '{name}' is a region {value}; region-based labels are not supported")
-            if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).lstrip("-").isdigit():
-                raise InputError(f"{path}: label '{name}' has value {value!r}, expected an integer")
-            if int(value) != 0:
-                if int(value) in names:
-                    raise InputError(f"{path}: label value {int(value)} is used twice")
-                names[int(value)] = str(name)
-    if not names:
-        raise InputError(f"{path}: 'labels' has no foreground class")
-    return DatasetClasses(dict(sorted(names.items())), file_ending, path, style)
+    if not isinstance(content, dict):
+        raise InputError(f"{path}: dataset.json must hold an object")
+    check_labels(content.get("labels"), path)
+    entries, style = label_entries(content["labels"])
+    return DatasetClasses(dict(entries), content.get("file_ending"), path, style)
 
 
 def _label_files(folder: Path, file_ending: str | None) -> dict[str, Path]:
@@ -191,60 +160,58 @@ def read_ground_truth_case(path: str | os.PathLike, classes: DatasetClasses, dec
     outside it is refused, so a typo in the labels cannot silently drop ground truth.
 
     Semantic form: one box per label value of `classes` present. nnDetection instance form (a
-    `<case>.json` with "instances" beside the label file): one box per instance, its class from the JSON."""
-    import SimpleITK as sitk
-
+    `<case>.json` with "instances" beside the label file): one box per instance, its class from the JSON.
+    Label maps are read by the training reader (`raw_dataset.read_label_map`)."""
     path = Path(path)
     if path.name.endswith(".json"):      # a box file (box-only dataset)
         return read_box_ground_truth(path, classes)
-    try:
-        label_map = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    except RuntimeError as error:
-        raise InputError(f"{path}: cannot read label map ({str(error).strip().splitlines()[-1]})") from error
-    if label_map.ndim != 3:
-        raise InputError(f"{path}: label map must be 3D, got shape {label_map.shape}")
-    if np.issubdtype(label_map.dtype, np.floating):
-        if not np.all(np.mod(label_map, 1) == 0):
-            raise InputError(f"{path}: label map has non-integer values")
-    label_map = label_map.astype(np.int64, copy=False)
-    notes: list[str] = []
-    case = case_name_from_file(path, LABEL_FILE_ENDINGS)
-    instance_json = path.parent / f"{case}.json"
-    instances = None
+    label_map = read_label_map(path)[0].astype(np.int64)
+    instance_json = path.parent / f"{case_name_from_file(path, LABEL_FILE_ENDINGS)}.json"
     if instance_json.is_file():
-        try:
-            instances = json.loads(instance_json.read_text()).get("instances")
-        except (OSError, json.JSONDecodeError, AttributeError) as error:
-            raise InputError(f"{instance_json}: cannot read instance JSON ({error})") from error
-    if instances is None:
-        boxes, values = boxes_from_label_map(label_map, values=classes.values)
-        present = np.unique(label_map)
-        undeclared = np.setdiff1d(present, [0] + list(classes.values if declared is None else declared))
-        if undeclared.size:
-            raise InputError(f"{path}: label values {undeclared.tolist()} are not declared in "
-                             f"{classes.source or 'dataset.json'}")
-        unknown = np.setdiff1d(present, [0] + classes.values)
-        if unknown.size:
-            notes.append(f"{path.name}: label values {unknown.tolist()} are not evaluated classes, ignored")
-        return boxes, values, label_map.shape, notes
+        return _instance_boxes(label_map, path, instance_json, classes, declared)
+    return _semantic_boxes(label_map, path, classes, declared)
+
+
+def _semantic_boxes(label_map: np.ndarray, path: Path, classes: DatasetClasses, declared: Sequence[int] | None
+                    ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], list[str]]:
+    """One box per evaluated label value present; undeclared values refused, other declared ones noted."""
+    boxes, values = boxes_from_label_map(label_map, values=classes.values)
+    present = np.unique(label_map)
+    undeclared = np.setdiff1d(present, [0] + list(classes.values if declared is None else declared))
+    if undeclared.size:
+        raise InputError(f"{path}: label values {undeclared.tolist()} are not declared in "
+                         f"{classes.source or 'dataset.json'}")
+    unknown = np.setdiff1d(present, [0] + classes.values)
+    notes = [f"{path.name}: label values {unknown.tolist()} are not evaluated classes, ignored"] if unknown.size else []
+    return boxes, values, label_map.shape, notes
+
+
+def _instance_boxes(label_map: np.ndarray, path: Path, instance_json: Path, classes: DatasetClasses,
+                    declared: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], list[str]]:
+    """One box per instance of an nnDetection instance map, its label value the `i`-th declared class
+    value for class index `i` (as training reads it); instances of classes not evaluated are left out."""
+    try:
+        instances = json.loads(instance_json.read_text()).get("instances")
+    except (OSError, json.JSONDecodeError, AttributeError) as error:
+        raise InputError(f"{instance_json}: cannot read instance JSON ({error})") from error
     if not isinstance(instances, dict):
         raise InputError(f"{instance_json}: 'instances' must map instance ids to class indices")
+    all_values = sorted(classes.values if declared is None else declared)
     boxes, ids = boxes_from_label_map(label_map)
-    labels = []
-    keep = []
     mapping = {str(k): v for k, v in instances.items()}
-    for n, instance_id in enumerate(ids):
-        if str(int(instance_id)) not in mapping:
-            raise InputError(f"{instance_json}: instance {int(instance_id)} is in {path.name} but not in 'instances'")
-        class_index = mapping[str(int(instance_id))]
+    labels = []
+    for instance_id in (int(i) for i in ids):
+        if str(instance_id) not in mapping:
+            raise InputError(f"{instance_json}: instance {instance_id} is in {path.name} but not in 'instances'")
+        class_index = mapping[str(instance_id)]
         if isinstance(class_index, bool) or not isinstance(class_index, int):
-            raise InputError(f"{instance_json}: class of instance {int(instance_id)} must be an integer, got {class_index!r}")
-        value = classes.value_of_class_index(class_index)
-        if value is None:
+            raise InputError(f"{instance_json}: class of instance {instance_id} must be an integer, got {class_index!r}")
+        if not 0 <= class_index < len(all_values):
             raise InputError(
-                f"{instance_json}: instance {int(instance_id)} has class index {class_index}, but the dataset has "
-                f"{len(classes.values)} classes (0-based)"
+                f"{instance_json}: instance {instance_id} has class index {class_index}, but the dataset has "
+                f"{len(all_values)} classes (0-based)"
             )
-        keep.append(n)
-        labels.append(value)
-    return boxes[keep].reshape(-1, 6), np.asarray(labels, dtype=np.int64), label_map.shape, notes
+        labels.append(all_values[class_index])
+    values = np.asarray(labels, dtype=np.int64)
+    keep = np.isin(values, classes.values)
+    return boxes[keep].reshape(-1, 6), values[keep], label_map.shape, []

@@ -8,8 +8,9 @@ Ground truth comes in two forms:
 - semantic (nnU-Net): every label value of `dataset.json` is one organ class, and a case has one box per
   value present (the bounding box of all its voxels);
 - instance (nnDetection): `labelsTr/<case>.json` holds `{"instances": {"1": 0, "2": 3, ...}}` mapping each
-  instance id of the label map to a 0-based class id; `dataset.json` `labels` then maps class ids to names
-  (`{"0": "liver", ...}`). Several boxes per class are allowed.
+  instance id of the label map to a 0-based class id (the i-th foreground class by label value);
+  `dataset.json` `labels` then maps class ids to names (`{"0": "liver", ...}`, class id i is label value
+  i + 1, `label_entries`) or is in the nnU-Net form. Several boxes per class are allowed.
 
 Every problem raises `InputError` with the file and what is wrong.
 """
@@ -20,6 +21,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import SimpleITK as sitk
@@ -31,6 +33,8 @@ from autodetr.preprocessing.file_checks import check_complete, count_non_finite_
 
 REQUIRED_DATASET_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 GEOMETRY_TOLERANCE = 1e-3
+#: Names of label "0" that make a `{"0": name, ...}` mapping the nnU-Net v1 / MSD form (else nnDetection's).
+BACKGROUND_NAMES = ("background", "bg", "clear label")
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,11 @@ def check_dataset_json(content: dict, path: Path | str = "dataset.json") -> None
     number = content["numTraining"]
     if not _is_int(number) or number < 1:
         raise InputError(f"{path}: 'numTraining' must be a positive integer, got {number!r}")
-    labels = content["labels"]
+    check_labels(content["labels"], path)
+
+
+def check_labels(labels: object, path: Path | str = "dataset.json") -> None:
+    """The `labels` of a dataset.json in one of the forms `label_entries` reads; InputError naming the file."""
     if not isinstance(labels, dict) or not labels:
         raise InputError(f"{path}: 'labels' must be a non-empty mapping")
     values = list(labels.values())
@@ -171,6 +179,25 @@ def check_dataset_json(content: dict, path: Path | str = "dataset.json") -> None
         raise InputError(f"{path}: 'labels' has no foreground class (only background 0)")
 
 
+def label_entries(labels: Mapping[str, object]) -> tuple[list[tuple[int, str]], str]:
+    """`([(label value, name)] of the foreground classes sorted by value, form)` of checked `labels`
+    (`check_labels`), the one reading of dataset.json classes for preprocessing and evaluation. Forms:
+
+    - `"nnunetv2"`: `{"background": 0, "liver": 1}`;
+    - `"value_to_name"` (nnU-Net v1 / MSD): `{"0": "background", "1": "liver"}`;
+    - `"nndetection"`: `{"0": "liver", "1": "spleen"}`, class index i (0-based, nnDetection: "Classes ...
+      start with index 0") is label value i + 1, so background stays 0 and values are the plan's indices.
+    """
+    if all(isinstance(v, str) for v in labels.values()):
+        if str(labels.get("0", "")).strip().lower() in BACKGROUND_NAMES:
+            entries, form = [(int(k), str(n)) for k, n in labels.items() if int(k) != 0], "value_to_name"
+        else:
+            entries, form = [(int(k) + 1, str(n)) for k, n in labels.items()], "nndetection"
+    else:
+        entries, form = [(int(v), str(n)) for n, v in labels.items() if int(v) != 0], "nnunetv2"  # type: ignore[call-overload]
+    return sorted(entries), form
+
+
 def check_num_training(dataset_folder: Path, dataset_json: dict, num_found: int) -> None:
     """`numTraining` must equal the number of training cases found (nnU-Net checks this too)."""
     if dataset_json["numTraining"] != num_found:
@@ -187,29 +214,14 @@ def is_instance_form(dataset_folder: Path) -> bool:
 
 
 def organ_classes(dataset_json: dict, instance_form: bool) -> list[OrganClass]:
-    """Detection classes, sorted by label value, with contiguous indices 1..C."""
-    entries: list[tuple[int, str]] = []
-    if instance_form:
-        for key, name in dataset_json["labels"].items():
-            if str(key).lstrip("-").isdigit() and isinstance(name, str):
-                entries.append((int(key), name))
-            elif isinstance(name, int) and name != 0:  # nnU-Net form given with instance labels
-                entries.append((int(name) - 1, key))
-    elif all(isinstance(v, str) for v in dataset_json["labels"].values()):
-        labels = dataset_json["labels"]
-        if str(labels.get("0", "")).strip().lower() != "background":
-            raise InputError(
-                "dataset.json: 'labels' maps class ids to names (nnDetection instance form), but labelsTr has no "
-                "<case>.json instance files; use {\"background\": 0, \"liver\": 1, ...} for label maps"
-            )
-        entries = [(int(key), name) for key, name in labels.items() if int(key) != 0]  # {"0": "background", "1": ...}
-    else:
-        for name, value in dataset_json["labels"].items():
-            if isinstance(value, (list, tuple)):
-                raise InputError("dataset.json: region-based labels (lists of values) are not organ classes")
-            if int(value) != 0:
-                entries.append((int(value), str(name)))
-    entries.sort()
+    """Detection classes (`label_entries`), sorted by label value, with contiguous indices 1..C. The
+    nnDetection form needs instance files (`labelsTr/<case>.json`) beside the label maps."""
+    entries, form = label_entries(dataset_json["labels"])
+    if form == "nndetection" and not instance_form:
+        raise InputError(
+            "dataset.json: 'labels' maps class ids to names (nnDetection instance form), but labelsTr has no "
+            "<case>.json instance files; use {\"background\": 0, \"liver\": 1, ...} for label maps"
+        )
     return [OrganClass(index + 1, value, name) for index, (value, name) in enumerate(entries)]
 
 
@@ -276,11 +288,22 @@ def read_image(path: Path) -> sitk.Image:
 
 
 def image_array(image: sitk.Image, path: Path, dtype) -> np.ndarray:
-    """The voxels of a SimpleITK image as `dtype`; InputError naming `path` when its data cannot be read."""
+    """The voxels of a SimpleITK image as `dtype` (None: as stored); InputError naming `path` when its data cannot be read."""
     try:
-        return sitk.GetArrayFromImage(image).astype(dtype, copy=False)
+        voxels = sitk.GetArrayFromImage(image)
+        return voxels if dtype is None else voxels.astype(dtype, copy=False)
     except RuntimeError as error:  # lazily read truncated data
         raise InputError(f"{path}: cannot be read ({str(error).strip()[:160]})") from None
+
+
+def read_label_map(path: Path) -> tuple[np.ndarray, Geometry]:
+    """A 3D label map as int32 with its geometry; non-integer voxel values raise InputError (a float
+    map would otherwise be truncated silently). Used for training and for evaluation alike."""
+    image = read_image(path)
+    voxels = image_array(image, path, None)
+    if np.issubdtype(voxels.dtype, np.floating) and not np.all(np.mod(voxels, 1) == 0):
+        raise InputError(f"{path}: label map has non-integer values")
+    return voxels.astype(np.int32, copy=False), Geometry.from_image(image)
 
 
 def read_images(image_files: list[Path]) -> tuple[np.ndarray, Geometry]:
@@ -321,8 +344,7 @@ def read_case(raw_case: RawCase, classes: list[OrganClass]) -> CaseData:
     case = CaseData(raw_case.case_id, image, geometry)
     if raw_case.label_file is None:
         return case
-    label_image = read_image(raw_case.label_file)
-    label_geometry = Geometry.from_image(label_image)
+    label_map, label_geometry = read_label_map(raw_case.label_file)
     if not geometry.matches(label_geometry):
         raise InputError(
             f"{raw_case.label_file}: label geometry differs from its image "
@@ -330,7 +352,6 @@ def read_case(raw_case: RawCase, classes: list[OrganClass]) -> CaseData:
             f"spacing {np.round(label_geometry.spacing_xyz, 4).tolist()} vs {np.round(geometry.spacing_xyz, 4).tolist()}, "
             f"or origin/direction)"
         )
-    label_map = image_array(label_image, raw_case.label_file, np.int32)
     present = np.unique(label_map)
     present = present[present != 0]
     known_values = {c.label_value for c in classes}
@@ -339,9 +360,11 @@ def read_case(raw_case: RawCase, classes: list[OrganClass]) -> CaseData:
         unknown_ids = sorted(set(present.tolist()) - set(instances))
         if unknown_ids:
             raise InputError(f"{raw_case.label_file}: instance ids {unknown_ids} missing in {raw_case.instance_file.name}")
-        unknown_classes = sorted(set(instances.values()) - known_values)
+        values = sorted(known_values)  # class index i (0-based) -> the i-th foreground label value
+        unknown_classes = sorted(c for c in set(instances.values()) if not 0 <= c < len(values))
         if unknown_classes:
             raise InputError(f"{raw_case.instance_file}: classes {unknown_classes} not declared in dataset.json")
+        instances = {instance: values[c] for instance, c in instances.items()}
         boxes, ids = boxes_from_label_map(label_map)
         case.boxes = boxes
         case.box_label_values = np.asarray([instances[int(i)] for i in ids], dtype=np.int64)
