@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -146,21 +147,28 @@ def write_metrics(metrics: dict, output_folder: str | os.PathLike) -> tuple[Path
     return json_path, csv_path
 
 
-def _evaluate_prediction_files(
-    predictions: dict[str, Path],
-    gt: str | os.PathLike,
-    output_folder: str | os.PathLike | None,
-    classes: Sequence[str] | None,
-    dataset_json: str | os.PathLike | None,
-    only_predicted: bool,
-    max_dets: int | None,
-    num_bins: int,
+@dataclass(frozen=True)
+class _EvaluationOptions:
+    """What `evaluate_folder` and `evaluate_cross_validation` pass on besides the prediction files."""
+
+    gt: str | os.PathLike
+    output_folder: str | os.PathLike | None
+    classes: Sequence[str] | None
+    dataset_json: str | os.PathLike | None
+    only_predicted: bool
+    max_dets: int | None
+    num_bins: int
+    source: str          # the predictions' location, for messages and `metrics["predictions"]`
+
+
+def _pair_cases(
+    predictions: Mapping[str, Path],
+    label_files: Mapping[str, Path],
+    options: _EvaluationOptions,
     warnings: list[str],
-    source: str,
-) -> dict:
-    label_files, dataset_classes, notes = find_ground_truth(gt, list(predictions), dataset_json)
-    declared = list(dataset_classes.values)
-    dataset_classes = dataset_classes.restrict(classes)
+) -> tuple[list[str], list[str], list[str]]:
+    """`(evaluated, predicted without ground truth, ground truth without prediction)` case names; warns about both."""
+    gt, source = options.gt, options.source
     predicted = set(predictions)
     without_gt = sorted(predicted - set(label_files))
     without_prediction = sorted(set(label_files) - predicted)
@@ -176,42 +184,72 @@ def _evaluate_prediction_files(
             f"{len(without_gt)} predicted case(s) have no ground truth in {gt} and are not evaluated: "
             f"{_short_list(without_gt)}"
         )
-    if without_prediction and not only_predicted:
+    if without_prediction and not options.only_predicted:
         warnings.append(
             f"{len(without_prediction)} ground-truth case(s) have no prediction file in {source} and count as "
             f"empty predictions (use --only-predicted to leave them out): {_short_list(without_prediction)}"
         )
         evaluated = sorted(set(evaluated) | set(without_prediction))
+    return evaluated, without_gt, without_prediction
+
+
+def _read_case_prediction(
+    prediction_file: Path, label_file: Path, shape: Sequence[int] | None, name_to_value: Mapping[str, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(boxes, scores, labels)` of one prediction file, its image shape checked against the label map's."""
+    content = load_prediction(prediction_file)
+    expected = content.get("image_shape")
+    if expected is not None and shape is not None and tuple(int(s) for s in expected) != tuple(shape):
+        raise InputError(
+            f"{prediction_file}: image_shape {list(expected)} differs from the label map "
+            f"{label_file} shape {list(shape)}"
+        )
+    labels = content["label_values"].copy()
+    for n, name in enumerate(content["class_names"]):
+        if name in name_to_value:          # the class name wins over a label value (robust to renumbering)
+            labels[n] = name_to_value[name]
+    return content["boxes"], content["scores"], labels
+
+
+def _read_cases(
+    evaluated: Sequence[str],
+    predictions: Mapping[str, Path],
+    label_files: Mapping[str, Path],
+    dataset_classes: DatasetClasses,
+    declared: Sequence[int],
+    warnings: list[str],
+) -> list[CaseResult]:
+    """Ground truth and predictions of the evaluated cases (a case without prediction file has no detections)."""
     name_to_value = {name: value for value, name in dataset_classes.names.items()}
     cases = []
     for case in evaluated:
         gt_boxes, gt_labels, shape, case_notes = read_ground_truth_case(label_files[case], dataset_classes, declared)
         warnings.extend(case_notes)
         if case in predictions:
-            content = load_prediction(predictions[case])
-            expected = content.get("image_shape")
-            if expected is not None and shape is not None and tuple(int(s) for s in expected) != tuple(shape):
-                raise InputError(
-                    f"{predictions[case]}: image_shape {list(expected)} differs from the label map "
-                    f"{label_files[case]} shape {list(shape)}"
-                )
-            labels = content["label_values"].copy()
-            for n, name in enumerate(content["class_names"]):
-                if name in name_to_value:          # the class name wins over a label value (robust to renumbering)
-                    labels[n] = name_to_value[name]
-            boxes, scores = content["boxes"], content["scores"]
+            boxes, scores, labels = _read_case_prediction(predictions[case], label_files[case], shape, name_to_value)
         else:
             boxes, scores, labels = np.zeros((0, 6)), np.zeros(0), np.zeros(0, dtype=np.int64)
         cases.append(CaseResult(case, gt_boxes, gt_labels, boxes, scores, labels))
+    return cases
+
+
+def _evaluate_prediction_files(predictions: dict[str, Path], options: _EvaluationOptions, warnings: list[str]) -> dict:
+    """Evaluate `{case: prediction file}` against the ground truth `options.gt` (`evaluate_folder`'s result)."""
+    output_folder = options.output_folder
+    label_files, dataset_classes, notes = find_ground_truth(options.gt, list(predictions), options.dataset_json)
+    declared = list(dataset_classes.values)
+    dataset_classes = dataset_classes.restrict(options.classes)
+    evaluated, without_gt, without_prediction = _pair_cases(predictions, label_files, options, warnings)
+    cases = _read_cases(evaluated, predictions, label_files, dataset_classes, declared, warnings)
     reliability = Path(output_folder) / "reliability.png" if output_folder is not None else None
-    metrics = evaluate_cases(cases, class_names=dataset_classes.names, max_dets=max_dets, num_bins=num_bins,
-                             reliability_path=reliability)
+    metrics = evaluate_cases(cases, class_names=dataset_classes.names, max_dets=options.max_dets,
+                             num_bins=options.num_bins, reliability_path=reliability)
     metrics["warnings"] = warnings + notes + metrics.get("warnings", [])
     metrics["cases"] = [c.case for c in cases]
     metrics["predictions_without_ground_truth"] = without_gt
     metrics["ground_truth_without_prediction"] = without_prediction
-    metrics["predictions"] = source
-    metrics["ground_truth"] = str(gt)
+    metrics["predictions"] = options.source
+    metrics["ground_truth"] = str(options.gt)
     metrics["output_folder"] = None if output_folder is None else str(output_folder)
     if output_folder is not None:
         write_metrics(metrics, output_folder)
@@ -245,8 +283,9 @@ def evaluate_folder(
         warnings.append(f"skipped {len(skipped)} JSON file(s) that are not predictions: {_short_list(skipped)}")
     if not predictions:
         raise InputError(f"{prediction_folder}: no prediction JSON files")
-    return _evaluate_prediction_files(predictions, gt, output_folder, classes, dataset_json, only_predicted,
-                                      max_dets, num_bins, warnings, str(prediction_folder))
+    options = _EvaluationOptions(gt, output_folder, classes, dataset_json, only_predicted, max_dets, num_bins,
+                                 str(prediction_folder))
+    return _evaluate_prediction_files(predictions, options, warnings)
 
 
 def find_cross_validation_predictions(
@@ -325,5 +364,6 @@ def evaluate_cross_validation(
         gt = paths.raw_root() / model_folder.parent.name
     if output_folder is None:
         output_folder = model_folder / "cv_evaluation"
-    return _evaluate_prediction_files(predictions, gt, output_folder, classes, dataset_json, only_predicted,
-                                      max_dets, num_bins, warnings, f"{model_folder}/fold_*/validation")
+    options = _EvaluationOptions(gt, output_folder, classes, dataset_json, only_predicted, max_dets, num_bins,
+                                 f"{model_folder}/fold_*/validation")
+    return _evaluate_prediction_files(predictions, options, warnings)

@@ -244,6 +244,115 @@ def _check_dims(cases: Sequence[CaseResult]) -> None:
         raise ValueError(f"cases mix 2D and 3D boxes (dims {sorted(dims)})")
 
 
+@dataclass
+class _PooledMatches:
+    """Per class: ground-truth count, absent-class false positives, and every case's scores and match flags."""
+
+    num_gt: np.ndarray                     # [K]
+    false_positives_absent: np.ndarray     # [K]
+    cases_absent: np.ndarray               # [K]
+    scores: list[list[np.ndarray]]         # per class, one [D] array per (case, class) block with detections
+    matched: list[list[np.ndarray]]        # per class, one [T, D] bool array per such block
+
+    @classmethod
+    def empty(cls, num_classes: int) -> "_PooledMatches":
+        """Zero counts and no detections for `num_classes` classes."""
+        return cls(
+            num_gt=np.zeros(num_classes, dtype=np.int64),
+            false_positives_absent=np.zeros(num_classes, dtype=np.int64),
+            cases_absent=np.zeros(num_classes, dtype=np.int64),
+            scores=[[] for _ in range(num_classes)],
+            matched=[[] for _ in range(num_classes)],
+        )
+
+
+def _match_block(block: CaseClassBlock, thresholds: np.ndarray) -> np.ndarray:
+    """`[T, D]` matched ground-truth index of each detection of one block per threshold (-1: unmatched)."""
+    if len(block.gt_boxes):
+        return greedy_match(box_iou(block.det_boxes, block.gt_boxes), thresholds)
+    return np.full((len(thresholds), len(block.det_boxes)), -1, dtype=np.int64)
+
+
+def _match_cases(
+    cases: Sequence[CaseResult],
+    class_ids: np.ndarray,
+    thresholds: np.ndarray,
+    max_dets: int | None,
+    absent_score_threshold: float,
+) -> _PooledMatches:
+    """COCO's per-case matching (`COCOeval.evaluate`), pooled per class over all cases in case order."""
+    pooled = _PooledMatches.empty(len(class_ids))
+    for case in cases:
+        for block in iter_case_classes(case, class_ids, max_dets):
+            k = block.class_index
+            pooled.num_gt[k] += len(block.gt_boxes)
+            if len(block.gt_boxes) == 0 and block.num_dets_total:
+                mask = (case.pred_labels == class_ids[k]) & (case.pred_scores >= absent_score_threshold)
+                count = int(np.count_nonzero(mask))
+                pooled.false_positives_absent[k] += count
+                pooled.cases_absent[k] += int(count > 0)
+            if len(block.det_boxes) == 0:
+                continue
+            matches = _match_block(block, thresholds)
+            pooled.scores[k].append(block.det_scores)
+            pooled.matched[k].append(matches >= 0)
+    return pooled
+
+
+def _accumulate_class(
+    det_scores: np.ndarray, matched: np.ndarray, num_gt: int, recall_points: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision `[T, R]`, recall `[T]` and scores `[T, R]` of one class with ground truth and detections.
+
+    `det_scores [D]` and `matched [T, D]` are the class's pooled detections in case order; they are stably
+    sorted by descending score, and the precision envelope is sampled at `recall_points`."""
+    nd = len(det_scores)
+    order = np.argsort(-det_scores, kind="mergesort")
+    sorted_scores = det_scores[order]
+    matched = matched[:, order]
+    tp_sum = np.cumsum(matched, axis=1).astype(np.float64)
+    fp_sum = np.cumsum(~matched, axis=1).astype(np.float64)
+    rc = tp_sum / num_gt
+    pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
+    envelope = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+    precision = np.zeros((len(matched), len(recall_points)))
+    scores = np.zeros((len(matched), len(recall_points)))
+    for t in range(len(matched)):
+        indices = np.searchsorted(rc[t], recall_points, side="left")
+        valid = indices < nd
+        precision[t, valid] = envelope[t, indices[valid]]
+        scores[t, valid] = sorted_scores[indices[valid]]
+    return precision, rc[:, -1], scores
+
+
+def _accumulate(
+    pooled: _PooledMatches, num_thresholds: int, recall_points: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """COCO's `accumulate`: `(precision [T, R, K], recall [T, K], scores [T, R, K], num_detections [K])`.
+
+    -1 for a class without ground truth, 0 for a class with ground truth but no detection."""
+    num_r, num_k = len(recall_points), len(pooled.num_gt)
+    precision = -np.ones((num_thresholds, num_r, num_k))
+    recall = -np.ones((num_thresholds, num_k))
+    scores = -np.ones((num_thresholds, num_r, num_k))
+    num_detections = np.zeros(num_k, dtype=np.int64)
+    for k in range(num_k):
+        det_scores = np.concatenate(pooled.scores[k]) if pooled.scores[k] else np.zeros(0)
+        num_detections[k] = len(det_scores)
+        if pooled.num_gt[k] == 0:
+            continue
+        if len(det_scores) == 0:
+            precision[:, :, k] = 0.0
+            recall[:, k] = 0.0
+            scores[:, :, k] = 0.0
+            continue
+        matched = np.concatenate(pooled.matched[k], axis=1)
+        precision[:, :, k], recall[:, k], scores[:, :, k] = _accumulate_class(
+            det_scores, matched, pooled.num_gt[k], recall_points
+        )
+    return precision, recall, scores, num_detections
+
+
 def evaluate_detections(
     cases: Sequence[CaseResult],
     iou_thresholds: Sequence[float] = COCO_IOU_THRESHOLDS,
@@ -264,66 +373,8 @@ def evaluate_detections(
     thresholds = np.asarray(iou_thresholds, dtype=np.float64).reshape(-1)
     recall_points = np.asarray(recall_thresholds, dtype=np.float64).reshape(-1)
     class_ids = resolve_classes(cases, classes)
-    num_t, num_r, num_k = len(thresholds), len(recall_points), len(class_ids)
-
-    num_gt = np.zeros(num_k, dtype=np.int64)
-    false_positives_absent = np.zeros(num_k, dtype=np.int64)
-    cases_absent = np.zeros(num_k, dtype=np.int64)
-    pooled_scores: list[list[np.ndarray]] = [[] for _ in range(num_k)]
-    pooled_matched: list[list[np.ndarray]] = [[] for _ in range(num_k)]
-
-    for case in cases:
-        for block in iter_case_classes(case, class_ids, max_dets):
-            k = block.class_index
-            num_gt[k] += len(block.gt_boxes)
-            if len(block.gt_boxes) == 0 and block.num_dets_total:
-                mask = (case.pred_labels == class_ids[k]) & (case.pred_scores >= absent_score_threshold)
-                count = int(np.count_nonzero(mask))
-                false_positives_absent[k] += count
-                cases_absent[k] += int(count > 0)
-            if len(block.det_boxes) == 0:
-                continue
-            if len(block.gt_boxes):
-                matches = greedy_match(box_iou(block.det_boxes, block.gt_boxes), thresholds)
-            else:
-                matches = np.full((num_t, len(block.det_boxes)), -1, dtype=np.int64)
-            pooled_scores[k].append(block.det_scores)
-            pooled_matched[k].append(matches >= 0)
-
-    precision = -np.ones((num_t, num_r, num_k))
-    recall = -np.ones((num_t, num_k))
-    scores = -np.ones((num_t, num_r, num_k))
-    num_detections = np.zeros(num_k, dtype=np.int64)
-    for k in range(num_k):
-        det_scores = np.concatenate(pooled_scores[k]) if pooled_scores[k] else np.zeros(0)
-        num_detections[k] = len(det_scores)
-        if num_gt[k] == 0:
-            continue
-        nd = len(det_scores)
-        if nd == 0:
-            precision[:, :, k] = 0.0
-            recall[:, k] = 0.0
-            scores[:, :, k] = 0.0
-            continue
-        order = np.argsort(-det_scores, kind="mergesort")
-        sorted_scores = det_scores[order]
-        matched = np.concatenate(pooled_matched[k], axis=1)[:, order]
-        tp_sum = np.cumsum(matched, axis=1).astype(np.float64)
-        fp_sum = np.cumsum(~matched, axis=1).astype(np.float64)
-        rc = tp_sum / num_gt[k]
-        pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
-        recall[:, k] = rc[:, -1]
-        envelope = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
-        for t in range(num_t):
-            indices = np.searchsorted(rc[t], recall_points, side="left")
-            valid = indices < nd
-            q = np.zeros(num_r)
-            s = np.zeros(num_r)
-            q[valid] = envelope[t, indices[valid]]
-            s[valid] = sorted_scores[indices[valid]]
-            precision[t, :, k] = q
-            scores[t, :, k] = s
-
+    pooled = _match_cases(cases, class_ids, thresholds, max_dets, absent_score_threshold)
+    precision, recall, scores, num_detections = _accumulate(pooled, len(thresholds), recall_points)
     return DetectionEvaluation(
         iou_thresholds=thresholds,
         recall_thresholds=recall_points,
@@ -332,11 +383,35 @@ def evaluate_detections(
         precision=precision,
         recall=recall,
         scores=scores,
-        num_gt=num_gt,
+        num_gt=pooled.num_gt,
         num_detections=num_detections,
-        false_positives_absent=false_positives_absent,
-        cases_absent_with_detections=cases_absent,
+        false_positives_absent=pooled.false_positives_absent,
+        cases_absent_with_detections=pooled.cases_absent,
     )
+
+
+def _optional_ap(evaluation: DetectionEvaluation, threshold: float, class_index: int | None = None) -> float | None:
+    """`average_precision` at one IoU threshold, None when that threshold was not evaluated."""
+    if not evaluation.has_threshold(threshold):
+        return None
+    return evaluation.average_precision(threshold, class_index)
+
+
+def _class_summary(coco: DetectionEvaluation, nndet: DetectionEvaluation, k: int) -> dict:
+    """`summarize_cases`' `per_class` entry of class index `k` (COCO and nnDetection thresholds)."""
+    return {
+        "label_value": int(coco.classes[k]),
+        "AP": coco.average_precision(class_index=k),
+        "AP50": _optional_ap(coco, 0.5, k),
+        "AP75": _optional_ap(coco, 0.75, k),
+        "AR": coco.average_recall(class_index=k),
+        "nnDet_mAP": nndet.average_precision(class_index=k) if len(nndet.iou_thresholds) else None,
+        "AP10": _optional_ap(nndet, 0.1, k),
+        "false_positives_absent": int(coco.false_positives_absent[k]),
+        "cases_absent_with_detections": int(coco.cases_absent_with_detections[k]),
+        "num_gt": int(coco.num_gt[k]),
+        "num_detections": int(coco.num_detections[k]),
+    }
 
 
 def summarize_cases(
@@ -367,36 +442,16 @@ def summarize_cases(
     )
     coco = everything.take_rows(slice(0, len(coco_t)))
     nndet = everything.take_rows(slice(len(coco_t), len(coco_t) + len(nndet_t)))
-
-    def optional_ap(evaluation: DetectionEvaluation, threshold: float, class_index: int | None = None) -> float | None:
-        if not evaluation.has_threshold(threshold):
-            return None
-        return evaluation.average_precision(threshold, class_index)
-
     names = dict(class_names or {})
-    per_class = {}
-    for k, value in enumerate(coco.classes):
-        name = names.get(int(value), str(int(value)))
-        per_class[name] = {
-            "label_value": int(value),
-            "AP": coco.average_precision(class_index=k),
-            "AP50": optional_ap(coco, 0.5, k),
-            "AP75": optional_ap(coco, 0.75, k),
-            "AR": coco.average_recall(class_index=k),
-            "nnDet_mAP": nndet.average_precision(class_index=k) if len(nndet_t) else None,
-            "AP10": optional_ap(nndet, 0.1, k),
-            "false_positives_absent": int(coco.false_positives_absent[k]),
-            "cases_absent_with_detections": int(coco.cases_absent_with_detections[k]),
-            "num_gt": int(coco.num_gt[k]),
-            "num_detections": int(coco.num_detections[k]),
-        }
+    per_class = {names.get(int(value), str(int(value))): _class_summary(coco, nndet, k)
+                 for k, value in enumerate(coco.classes)}
     return {
         "mAP": coco.average_precision(),
-        "AP50": optional_ap(coco, 0.5),
-        "AP75": optional_ap(coco, 0.75),
+        "AP50": _optional_ap(coco, 0.5),
+        "AP75": _optional_ap(coco, 0.75),
         "mAR": coco.average_recall(),
         "nnDet_mAP": nndet.average_precision() if len(nndet_t) else None,
-        "AP10": optional_ap(nndet, 0.1),
+        "AP10": _optional_ap(nndet, 0.1),
         "false_positives_absent": int(coco.false_positives_absent.sum()),
         "num_cases": len(cases),
         "num_gt": int(coco.num_gt.sum()),
