@@ -9,7 +9,8 @@ from scipy.optimize import linear_sum_assignment
 
 from autodetr.losses import SetCriterion, assign_with_copies, build_matcher, downsample_labels, dqm_duplicates, make_targets
 from autodetr.losses.matchers import DenseQueryMatcher, HungarianMatcher
-from autodetr.model import make_test_plans, select_detections
+from autodetr.model import select_detections
+from autodetr.model.testing import make_test_plans
 
 
 def brute_force_min_cost(cost: np.ndarray, copies: int) -> float:

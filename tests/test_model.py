@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from autodetr.losses import SetCriterion, make_targets
-from autodetr.model import build_model, make_test_plans
+from autodetr.model import build_model
+from autodetr.model.testing import make_test_plans
 from autodetr.model.backbone import feature_level_shapes
 from autodetr.model.heads import inverse_sigmoid
 

@@ -1,8 +1,6 @@
 """On the real CT: preprocessed ground-truth boxes map back to the original world boxes."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import SimpleITK as sitk

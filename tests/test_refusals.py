@@ -21,7 +21,6 @@ from test_bad_input import assert_clean_failure, make_dataset, run, write_image
 
 from autodetr.atomic_io import read_json, remove_stale_partials, write_json
 from autodetr.errors import InputError
-from autodetr.planners.entrypoints import plan_and_preprocess_entry
 
 DATASET = "Dataset601_Tiny"
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,6 @@ from torch import nn
 
 from .organ_detr import OrganDETR
 from .postprocess import select_detections
-from .testing import make_test_plans
 
 
 def build_model(plans: dict[str, Any], head: nn.Module | None = None, anchors=None) -> OrganDETR:
@@ -16,4 +15,4 @@ def build_model(plans: dict[str, Any], head: nn.Module | None = None, anchors=No
     return OrganDETR(plans, head=head, anchors=anchors)
 
 
-__all__ = ["OrganDETR", "build_model", "make_test_plans", "select_detections"]
+__all__ = ["OrganDETR", "build_model", "select_detections"]

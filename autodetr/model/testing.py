@@ -1,8 +1,12 @@
-"""Small complete plans for tests, examples and benchmarks (not a planner: fixed, hand-written values)."""
+"""Small complete plans for tests, examples and benchmarks: the network section is fixed and tiny (not a
+planner's choice); everything derived (eta, the number of queries) and every default (loss, training)
+comes from `autodetr.plans`, so these plans cannot drift from the planner's."""
 from __future__ import annotations
 
-import math
+import copy
 from typing import Any, Sequence
+
+from autodetr.plans import LOSS_DEFAULTS, TRAINING_DEFAULTS, eta_of, query_count
 
 
 def make_test_plans(
@@ -27,7 +31,7 @@ def make_test_plans(
 ) -> dict[str, Any]:
     """A complete, tiny plans dict (all keys of docs/architecture.md) that runs in well under a second on CPU."""
     classes = [{"index": i, "label_value": i, "name": f"organ_{i}"} for i in range(1, num_classes + 1)]
-    queries = int(num_queries) if num_queries is not None else rho * num_classes
+    queries = int(num_queries) if num_queries is not None else query_count("learned", rho, num_classes, num_classes)
     return {
         "input_size": [int(s) for s in input_size],
         "classes": classes,
@@ -44,14 +48,11 @@ def make_test_plans(
             "hidden_dim": hidden_dim,
             "msa": {"patch_size": 2, "heads": msa_heads, "depth": msa_depth, "dropout": dropout, "bias": False, "ffn_dim": 2 * hidden_dim},
             "decoder": {"layers": decoder_layers, "heads": decoder_heads, "points": decoder_points, "ffn_dim": 2 * hidden_dim, "dropout": dropout},
+            "queries": "learned",
             "num_queries": queries,
             "drmm": {"class_groups": queries >= num_classes, "scale_floor": 0.1},
         },
-        "matching": {"rho": rho, "lambda": matching_lambda, "eta": math.ceil(matching_lambda * rho - 1e-9), "M": num_classes},
-        "loss": {
-            "cls": 2.0, "bbox": 5.0, "giou": 5.0, "seg": 2.0,
-            "matcher_cost": {"cls": 2.0, "l1": 5.0, "giou": 2.0},
-            "no_object_weight": 0.1, "drmm_beta": 0.5, "drmm_location_beta": 1.0,
-        },
-        "training": {"batch_size": 1, "learning_rate": 2e-4, "backbone_lr_factor": 0.1},
+        "matching": {"rho": rho, "lambda": matching_lambda, "eta": eta_of(rho, matching_lambda), "M": num_classes},
+        "loss": {**copy.deepcopy(LOSS_DEFAULTS), "drmm_location_beta": 1.0},
+        "training": {**copy.deepcopy(TRAINING_DEFAULTS), "batch_size": 1, "backbone_lr_factor": 0.1},
     }
