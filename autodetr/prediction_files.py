@@ -70,6 +70,42 @@ def voxel_boxes_to_world(
     return origin + (index * spacing_xyz) @ matrix.T
 
 
+def _detection_class_names(
+    class_names: Mapping[int, str] | Sequence[str], label_values: np.ndarray, case: str
+) -> list[str]:
+    """One class name per detection: looked up by label value in a mapping, or given one per detection."""
+    if isinstance(class_names, Mapping):
+        return [str(class_names.get(int(v), class_names.get(str(int(v)), str(int(v))))) for v in label_values]
+    names = [str(n) for n in class_names]
+    if len(names) != len(label_values):
+        raise ValueError(f"{len(names)} class names for {len(label_values)} detections of case {case}")
+    return names
+
+
+def _detection_entries(
+    boxes: np.ndarray, scores: np.ndarray, label_values: np.ndarray, names: Sequence[str], world: np.ndarray | None
+) -> list[dict]:
+    """The `detections` list of a prediction file, in descending score order (`world`: corners or None)."""
+    order = np.argsort(-scores, kind="mergesort")
+    detections = []
+    for i in order:
+        detection = {
+            "class_name": names[i],
+            "label_value": int(label_values[i]),
+            "score": float(scores[i]),
+            "box_voxel": [float(v) for v in boxes[i]],
+            "box_world_mm": None,
+        }
+        if world is not None:
+            detection["box_world_mm"] = {
+                "corners": world[i].tolist(),
+                "min": world[i].min(axis=0).tolist(),
+                "max": world[i].max(axis=0).tolist(),
+            }
+        detections.append(detection)
+    return detections
+
+
 def write_prediction(
     path: str | os.PathLike,
     case: str,
@@ -97,32 +133,11 @@ def write_prediction(
     label_values = np.asarray(label_values, dtype=np.int64).reshape(-1)
     if not len(boxes) == len(scores) == len(label_values):
         raise ValueError(f"{len(boxes)} boxes, {len(scores)} scores and {len(label_values)} labels for case {case}")
-    if isinstance(class_names, Mapping):
-        names = [str(class_names.get(int(v), class_names.get(str(int(v)), str(int(v))))) for v in label_values]
-    else:
-        names = [str(n) for n in class_names]
-        if len(names) != len(label_values):
-            raise ValueError(f"{len(names)} class names for {len(label_values)} detections of case {case}")
+    names = _detection_class_names(class_names, label_values, case)
     world = None
     if spacing is not None and origin is not None and direction is not None:
         world = voxel_boxes_to_world(boxes, spacing, origin, direction)
-    order = np.argsort(-scores, kind="mergesort")
-    detections = []
-    for i in order:
-        detection = {
-            "class_name": names[i],
-            "label_value": int(label_values[i]),
-            "score": float(scores[i]),
-            "box_voxel": [float(v) for v in boxes[i]],
-            "box_world_mm": None,
-        }
-        if world is not None:
-            detection["box_world_mm"] = {
-                "corners": world[i].tolist(),
-                "min": world[i].min(axis=0).tolist(),
-                "max": world[i].max(axis=0).tolist(),
-            }
-        detections.append(detection)
+    detections = _detection_entries(boxes, scores, label_values, names, world)
     content = {
         "case": str(case),
         "box_convention": PREDICTION_BOX_CONVENTION,
