@@ -30,7 +30,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -436,6 +436,23 @@ class Trainer:
             return True  # first validation of an automatic interval: measure it
         return (epoch + 1) % max(1, int(k)) == 0
 
+    def _train_iterations(self, augmenter: Iterator[dict], bar: Any, epoch: int) -> bool:
+        """The epoch's remaining optimizer steps; True when a rank ran out of the time budget (stop early)."""
+        while self.iteration < self.iterations:
+            started = time.monotonic()
+            batch = next(augmenter)
+            self.schedule.set_progress(self.global_step, self._time_fraction())
+            loss, components = self._train_step(batch, epoch, self.iteration)
+            self.iteration += 1
+            self.global_step += 1
+            self._record_iteration(loss, components, time.monotonic() - started)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                bar.update()
+            if any_rank(self._out_of_time(), self.dist, self.device):
+                return True
+        return False
+
     def run(self) -> Path:
         self._build()
         if self.setup.resume:
@@ -456,20 +473,7 @@ class Trainer:
                 if self.iteration < self.iterations:
                     augmenter = self._augmenter(epoch, self.iteration)
                     bar = self._progress_bar(epoch)
-                    while self.iteration < self.iterations:
-                        started = time.monotonic()
-                        batch = next(augmenter)
-                        self.schedule.set_progress(self.global_step, self._time_fraction())
-                        loss, components = self._train_step(batch, epoch, self.iteration)
-                        self.iteration += 1
-                        self.global_step += 1
-                        self._record_iteration(loss, components, time.monotonic() - started)
-                        if bar is not None:
-                            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-                            bar.update()
-                        stop = any_rank(self._out_of_time(), self.dist, self.device)
-                        if stop:
-                            break
+                    stop = self._train_iterations(augmenter, bar, epoch)
                     if bar is not None:
                         bar.close()
                     _shutdown(augmenter)
