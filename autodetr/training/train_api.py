@@ -8,6 +8,7 @@ validation case and metrics.json / metrics.csv from the evaluator).
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -38,6 +39,50 @@ def default_num_workers(world_size: int = 1, device: str = "cuda") -> int:
     return max(0, min(4, (cores - world_size) // max(1, world_size)))
 
 
+@dataclass(frozen=True)
+class ScheduleOptions:
+    """Schedule values given for this run (None: the plan's `training` value)."""
+
+    epochs: int | None = None
+    iterations_per_epoch: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+
+    def overrides(self) -> dict[str, object]:
+        """`training.<key>` overrides of the values given; a value <= 0 is an InputError."""
+        given = {key: value for key, value in asdict(self).items() if value is not None}
+        for key, value in given.items():
+            if value <= 0:
+                raise InputError(f"{key.replace('_', ' ')} must be positive, got {value}")
+        return {f"training.{key}": value for key, value in given.items()}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How this run trains (not what: that is the plan): device, workers, seed, resume, validation
+    interval, time budget, progress bar."""
+
+    device: str | None = None
+    num_workers: int | None = None
+    resume: bool = False
+    seed: int = 0
+    val_every: int | None = None
+    max_minutes: float | None = None
+    progress_bar: bool = True
+
+    def check(self) -> "RunOptions":
+        """One InputError line naming the first option out of range."""
+        if int(self.seed) < 0:
+            raise InputError(f"--seed must be >= 0, got {self.seed}")
+        if self.val_every is not None and self.val_every < 1:
+            raise InputError(f"--val-every must be at least 1, got {self.val_every}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise InputError(f"--max-minutes must be positive, got {self.max_minutes}")
+        if self.num_workers is not None and int(self.num_workers) < 0:
+            raise InputError(f"--num-workers must be >= 0, got {self.num_workers}")
+        return self
+
+
 def train(
     dataset: str | int,
     fold: str | int = 0,
@@ -58,52 +103,46 @@ def train(
     progress_bar: bool = True,
 ) -> Path:
     """Train one fold (see the module docstring); returns the fold folder. Under torchrun every rank
-    calls this; rank 0 writes the files."""
+    calls this; rank 0 writes the files. The keywords are grouped into `ScheduleOptions` and `RunOptions`
+    for `train_fold`."""
+    schedule = ScheduleOptions(epochs, iterations_per_epoch, batch_size, learning_rate)
+    run = RunOptions(device, num_workers, resume, seed, val_every, max_minutes, progress_bar)
+    return train_fold(dataset, fold, objective, plans_name, schedule, run, backbone, overrides)
+
+
+def train_fold(dataset: str | int, fold: str | int, objective: str, plans_name: str, schedule: ScheduleOptions,
+               run: RunOptions, backbone: str | None = None, overrides: Sequence[str] | dict | None = None) -> Path:
+    """`train` with its options grouped: resolve the fold, its plans and device, then run the trainer."""
     from autodetr.training.distributed import distributed_from_environment
     from autodetr.training.trainer import TrainingSetup
 
     check_objective(objective)
-    check_run_options(seed, val_every, max_minutes, num_workers)
+    run.check()
     fold_value = parse_fold(fold)
     dataset_name = _resolve_dataset(dataset)
     plans_dir = preprocessed_root() / dataset_name / check_folder_name(plans_name, "plans")
     train_cases, val_cases = fold_cases(dataset_name, plans_dir, fold_value)
     output = fold_folder(dataset_name, fold_value, objective, plans_name)
-    schedule = {"epochs": epochs, "iterations_per_epoch": iterations_per_epoch, "batch_size": batch_size,
-                "learning_rate": learning_rate}
-    plans = fold_plans(plans_dir, output, fold_value, train_cases, resume, backbone, overrides, schedule)
-    planned = Plans.of(plans)
+    plans = fold_plans(plans_dir, output, fold_value, train_cases, run.resume, backbone, overrides, schedule)
     info = distributed_from_environment()
-    device_name = training_device(device, info)
-    workers = default_num_workers(info.world_size, device_name) if num_workers is None else int(num_workers)
+    device_name = training_device(run.device, info)
+    workers = default_num_workers(info.world_size, device_name) if run.num_workers is None else int(run.num_workers)
     arguments = {
         "dataset": str(dataset), "dataset_name": dataset_name, "fold": fold_value, "objective": objective,
-        "plans_name": plans_name, **{key: planned.training[key] for key in schedule},
-        "device": device_name, "num_workers": workers, "resume": bool(resume), "seed": int(seed),
-        "backbone": planned.backbone, "val_every": val_every, "max_minutes": max_minutes,
+        "plans_name": plans_name, **{key: Plans.of(plans).training[key] for key in asdict(schedule)},
+        "device": device_name, "num_workers": workers, "resume": bool(run.resume), "seed": int(run.seed),
+        "backbone": Plans.of(plans).backbone, "val_every": run.val_every, "max_minutes": run.max_minutes,
         "overrides": list(overrides.items()) if isinstance(overrides, dict) else list(overrides or []),
         "world_size": info.world_size, "train_cases": train_cases, "val_cases": val_cases,
         "trainer": trainer_folder_name(objective, plans_name), "preprocessed_folder": str(plans_dir),
     }
     setup = TrainingSetup(
         output_folder=output, preprocessed_folder=plans_dir, train_cases=train_cases, val_cases=val_cases,
-        objective=objective, fold_label=str(fold_value), device=device_name, num_workers=workers, seed=int(seed),
-        resume=bool(resume), val_every=val_every, max_minutes=max_minutes, progress_bar=progress_bar,
+        objective=objective, fold_label=str(fold_value), device=device_name, num_workers=workers, seed=int(run.seed),
+        resume=bool(run.resume), val_every=run.val_every, max_minutes=run.max_minutes, progress_bar=run.progress_bar,
         distributed=info, arguments=arguments,
     )
     return run_fold(plans, setup)
-
-
-def check_run_options(seed: int, val_every: int | None, max_minutes: float | None, num_workers: int | None) -> None:
-    """One line naming the first option out of range."""
-    if int(seed) < 0:
-        raise InputError(f"--seed must be >= 0, got {seed}")
-    if val_every is not None and val_every < 1:
-        raise InputError(f"--val-every must be at least 1, got {val_every}")
-    if max_minutes is not None and max_minutes <= 0:
-        raise InputError(f"--max-minutes must be positive, got {max_minutes}")
-    if num_workers is not None and int(num_workers) < 0:
-        raise InputError(f"--num-workers must be >= 0, got {num_workers}")
 
 
 def fold_cases(dataset_name: str, plans_dir: Path, fold: int | str) -> tuple[list[str], list[str]]:
@@ -129,7 +168,7 @@ def fold_cases(dataset_name: str, plans_dir: Path, fold: int | str) -> tuple[lis
 
 
 def fold_plans(plans_dir: Path, output: Path, fold: int | str, train_cases: Sequence[str], resume: bool,
-               backbone: str | None, overrides: Sequence[str] | dict | None, schedule: dict) -> dict:
+               backbone: str | None, overrides: Sequence[str] | dict | None, schedule: ScheduleOptions) -> dict:
     """The plans a fold trains with: the dataset's plans (or, resuming, the fold's own), upgraded, with the
     backbone, `--set` overrides and schedule options applied, and the atlas of the fold's training cases."""
     if resume and not (output / CHECKPOINT_NAMES["last"]).is_file():
@@ -141,12 +180,7 @@ def fold_plans(plans_dir: Path, output: Path, fold: int | str, train_cases: Sequ
         if backbone not in BACKBONES:
             raise InputError(f"--backbone {backbone}: choose {', '.join(BACKBONES)}")
         planned = planned.with_overrides({"network.backbone": backbone})
-    planned = planned.with_overrides(overrides)
-    for key, value in schedule.items():
-        if value is not None:
-            if value <= 0:
-                raise InputError(f"{key.replace('_', ' ')} must be positive, got {value}")
-            planned = planned.with_overrides({f"training.{key}": value})
+    planned = planned.with_overrides(overrides).with_overrides(schedule.overrides())
     previous = Plans(base).atlas_json or {}
     if not (resume and previous.get("fold") == str(fold)):
         planned = planned.with_atlas(fold_atlas(plans_dir, train_cases, planned.num_classes, fold))
@@ -205,5 +239,5 @@ def _resolve_dataset(dataset: str | int) -> str:
     return dataset_name_from_id(dataset, roots)
 
 
-__all__ = ["train", "parse_fold", "fold_folder", "trainer_folder_name", "apply_overrides",
+__all__ = ["train", "train_fold", "ScheduleOptions", "RunOptions", "parse_fold", "fold_folder", "trainer_folder_name", "apply_overrides",
            "TRAINING_DEFAULTS", "OBJECTIVES"]
