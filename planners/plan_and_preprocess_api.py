@@ -68,6 +68,26 @@ def _cached_fingerprint(path: Path, case_ids: list[str]) -> dict | None:
     return fingerprint
 
 
+def _read_raw_dataset(raw_folder: Path) -> tuple[dict, str, list, list]:
+    """`(dataset.json, annotation form, organ classes, training cases)` of a raw dataset folder, checked."""
+    dataset_json = load_dataset_json(raw_folder)
+    annotation = annotation_form(raw_folder / "labelsTr", dataset_json["file_ending"])  # label maps or box files
+    instance_form = annotation == "label_maps" and is_instance_form(raw_folder)
+    classes = organ_classes(dataset_json, instance_form)
+    raw_cases = list_box_cases(raw_folder, dataset_json) if annotation == "boxes" else list_cases(raw_folder, dataset_json)
+    if not raw_cases:
+        raise InputError(f"{raw_folder / 'imagesTr'}: no training images ending in {dataset_json['file_ending']}")
+    check_num_training(raw_folder, dataset_json, len(raw_cases))
+    return dataset_json, annotation, classes, raw_cases
+
+
+def _remove_stale_cases(folder: Path, plans_file: Path, plans: dict) -> None:
+    """Delete the preprocessed cases of an earlier plan whose preprocessing differs from `plans`."""
+    if plans_file.is_file() and preprocessing_identity(read_json(plans_file)) != preprocessing_identity(plans):
+        for stale in list(folder.glob("*.npz")) + [p for p in folder.glob("*.json") if p.name != "plans.json"]:
+            stale.unlink()
+
+
 def plan_and_preprocess(
     dataset: str | int,
     preset: str | None = None,
@@ -88,14 +108,7 @@ def plan_and_preprocess(
     raw_folder = inside(raw, dataset_name)
     if not raw_folder.is_dir():
         raise InputError(f"{raw_folder}: dataset folder missing")
-    dataset_json = load_dataset_json(raw_folder)
-    annotation = annotation_form(raw_folder / "labelsTr", dataset_json["file_ending"])  # label maps or box files
-    instance_form = annotation == "label_maps" and is_instance_form(raw_folder)
-    classes = organ_classes(dataset_json, instance_form)
-    raw_cases = list_box_cases(raw_folder, dataset_json) if annotation == "boxes" else list_cases(raw_folder, dataset_json)
-    if not raw_cases:
-        raise InputError(f"{raw_folder / 'imagesTr'}: no training images ending in {dataset_json['file_ending']}")
-    check_num_training(raw_folder, dataset_json, len(raw_cases))
+    dataset_json, annotation, classes, raw_cases = _read_raw_dataset(raw_folder)
     case_ids = [c.case_id for c in raw_cases]
 
     output = inside(preprocessed_root(), dataset_name)
@@ -121,10 +134,7 @@ def plan_and_preprocess(
         write_json(fingerprint_file, fingerprint)
         write_json(output / "dataset.json", dataset_json)
         plans_file = folder / "plans.json"
-        if plans_file.is_file() and preprocessing_identity(read_json(plans_file)) != preprocessing_identity(plans):
-            # a different plan invalidates the preprocessed cases
-            for stale in list(folder.glob("*.npz")) + [p for p in folder.glob("*.json") if p.name != "plans.json"]:
-                stale.unlink()
+        _remove_stale_cases(folder, plans_file, plans)   # a different plan invalidates the preprocessed cases
         write_json(plans_file, plans)
         if preprocess:
             preprocess_dataset(raw_cases, classes, plans, folder, num_processes)
