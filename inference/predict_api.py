@@ -437,6 +437,43 @@ def _is_done(output_folder: Path, case_id: str) -> bool:
         return False
 
 
+def _cases_to_predict(
+    cases: Sequence[InputCase], output: Path, overwrite: bool, writing: "CaseOutputs", summary: PredictSummary
+) -> list[InputCase]:
+    """The cases still to predict; finished ones (unless `overwrite`) go to `summary.skipped` and get missing extras."""
+    todo = []
+    for case in cases:
+        if not overwrite and _is_done(output, case.case_id):
+            summary.skipped.append(case.case_id)
+            writing.complete_extras(case.case_id)
+        else:
+            todo.append(case)
+    return todo
+
+
+def _predict_and_write(
+    prefetcher: CasePrefetcher,
+    predictor: "EnsemblePredictor",
+    writing: "CaseOutputs",
+    summary: PredictSummary,
+    total: int,
+    progress: bool,
+) -> None:
+    """Predict and write each prefetched case; a failing case is reported on stderr and in `summary.failed`."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="Predicting", unit="case", disable=not progress, file=sys.stderr)
+    for case, prepared in prefetcher:
+        try:
+            writing.write(case, prepared, predictor)
+            summary.written.append(case.case_id)
+        except Exception as error:  # noqa: BLE001 - report and go on with the other cases
+            summary.failed[case.case_id] = failure_reason(error)
+            tqdm.write(f"failed: {case.case_id}: {summary.failed[case.case_id]}", file=sys.stderr)
+        bar.update()
+    bar.close()
+
+
 def predict(
     input_path: str | os.PathLike,
     output_folder: str | os.PathLike,
@@ -461,8 +498,6 @@ def predict(
     listed in the summary's `failed`; the others are still written. Finished cases (`<case>.json`
     exists) are skipped unless `overwrite`. `boxes.csv` is rebuilt from all case files at the end.
     `slicer`: also write `<case>.mrk.json`, one 3D Slicer ROI per detection (`autodetr.slicer_markups`)."""
-    from tqdm import tqdm
-
     from autodetr.atomic_io import remove_stale_partials
 
     check_prediction_options(checkpoint, score_threshold, iou_threshold, max_per_class)
@@ -477,13 +512,7 @@ def predict(
     output.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary(model_folder=model_folder, folds=[f.name for f in fold_folders])
     writing = CaseOutputs(output, model_folder, tta, iou_threshold, score_threshold, save_masks, slicer)
-    todo = []
-    for case in cases:
-        if not overwrite and _is_done(output, case.case_id):
-            summary.skipped.append(case.case_id)
-            writing.complete_extras(case.case_id)
-        else:
-            todo.append(case)
+    todo = _cases_to_predict(cases, output, overwrite, writing, summary)
     if todo:
         device = resolve_device(device)
         prefetcher = CasePrefetcher(todo, plans, num_processes)  # starts reading while the models load
@@ -492,16 +521,7 @@ def predict(
         except BaseException:
             prefetcher.close()
             raise
-        bar = tqdm(total=len(todo), desc="Predicting", unit="case", disable=not progress, file=sys.stderr)
-        for case, prepared in prefetcher:
-            try:
-                writing.write(case, prepared, predictor)
-                summary.written.append(case.case_id)
-            except Exception as error:  # noqa: BLE001 - report and go on with the other cases
-                summary.failed[case.case_id] = failure_reason(error)
-                tqdm.write(f"failed: {case.case_id}: {summary.failed[case.case_id]}", file=sys.stderr)
-            bar.update()
-        bar.close()
+        _predict_and_write(prefetcher, predictor, writing, summary, len(todo), progress)
     summary.csv = write_boxes_csv(output)
     return summary
 
