@@ -68,17 +68,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .heads import MLP, inverse_sigmoid
+
 __all__ = ["DRMMDecoderHead", "DRMMHead", "OTHER_GROUP_LOG_PROB", "drmm_select_detections", "inverse_sigmoid", "log_mixing_weights", "query_class_log_probs"]
 
 #: log p_k(c) of a class outside the query's group (`class_groups=True`): exp() is exactly 0 in float32,
 #: while sums and products with 0 stay finite (no -inf arithmetic, no NaN).
 OTHER_GROUP_LOG_PROB = -1.0e4
-
-
-def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """logit(x) with clamping (Deformable DETR): finite for x in [0, 1]."""
-    x = x.clamp(0.0, 1.0)
-    return torch.log(x.clamp(min=eps) / (1.0 - x).clamp(min=eps))
 
 
 def query_class_log_probs(num_queries: int, num_classes: int, device: torch.device | None = None) -> torch.Tensor:
@@ -97,20 +93,6 @@ def log_mixing_weights(log_objectness: torch.Tensor) -> torch.Tensor:
     return log_objectness - torch.logsumexp(log_objectness, dim=-1, keepdim=True)
 
 
-class _MLP(nn.Module):
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int):
-        super().__init__()
-        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for index, layer in enumerate(self.layers):
-            x = layer(x)
-            if index < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
-
-
 class _LayerHead(nn.Module):
     """The D-RMM head of one decoder layer."""
 
@@ -121,7 +103,7 @@ class _LayerHead(nn.Module):
         self.class_embed = None if class_groups else nn.Linear(hidden_dim, num_classes)
         self.objectness_embed = nn.Linear(hidden_dim, 1)
         # 12 outputs: 6 box deltas (on inverse-sigmoid scale) + 6 raw Cauchy scales.
-        self.box_embed = _MLP(hidden_dim, hidden_dim, 12, mlp_layers)
+        self.box_embed = MLP(hidden_dim, hidden_dim, 12, mlp_layers)
         if self.class_embed is not None:
             nn.init.zeros_(self.class_embed.bias)
         nn.init.constant_(self.objectness_embed.bias, math.log(objectness_prior / (1.0 - objectness_prior)))
