@@ -497,31 +497,70 @@ def predict(
     A case that cannot be read or predicted is reported on stderr (one line: case and reason) and
     listed in the summary's `failed`; the others are still written. Finished cases (`<case>.json`
     exists) are skipped unless `overwrite`. `boxes.csv` is rebuilt from all case files at the end.
-    `slicer`: also write `<case>.mrk.json`, one 3D Slicer ROI per detection (`autodetr.slicer_markups`)."""
+    `slicer`: also write `<case>.mrk.json`, one 3D Slicer ROI per detection (`autodetr.slicer_markups`).
+    The keywords are grouped into `ModelSelection` and `PredictOptions` for `predict_cases`."""
+    selection = ModelSelection(dataset, model, None if folds is None else tuple(folds), checkpoint)
+    options = PredictOptions(device, tta, num_processes, save_masks, score_threshold, overwrite, iou_threshold,
+                             max_per_class, progress, slicer)
+    return predict_cases(input_path, output_folder, selection, options)
+
+
+@dataclass(frozen=True)
+class ModelSelection:
+    """Which trained model predicts: `dataset` and `model` (trainer__plans folder), the `folds` to ensemble
+    (None: every trained fold) and the `checkpoint` name (None: best, else final, else last)."""
+
+    dataset: str | int | None = None
+    model: str | None = None
+    folds: Sequence[str | int] | None = None
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How cases are predicted and written (`predict`'s keywords of the same names)."""
+
+    device: str = "auto"
+    tta: bool = False
+    num_processes: int = 2
+    save_masks: bool = False
+    score_threshold: float = 0.0
+    overwrite: bool = False
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD
+    max_per_class: int = 1
+    progress: bool = True
+    slicer: bool = False
+
+
+def predict_cases(input_path: str | os.PathLike, output_folder: str | os.PathLike, selection: ModelSelection,
+                  options: PredictOptions) -> PredictSummary:
+    """`predict` with its options grouped: find the model and the cases, then predict and write each case."""
     from autodetr.atomic_io import remove_stale_partials
 
-    check_prediction_options(checkpoint, score_threshold, iou_threshold, max_per_class)
+    check_prediction_options(selection.checkpoint, options.score_threshold, options.iou_threshold, options.max_per_class)
     output = Path(output_folder)
     if output.exists() and not output.is_dir():
         raise InputError(f"{output}: output exists and is not a folder")
-    model_folder = resolve_model_folder(dataset, model)
-    fold_folders = select_folds(model_folder, folds)
+    model_folder = resolve_model_folder(selection.dataset, selection.model)
+    fold_folders = select_folds(model_folder, selection.folds)
     plans = read_model_plans(fold_folders)
     remove_stale_partials(output)
     cases = discover_cases(input_path, Plans.of(plans).in_channels, exclude=output)
     output.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary(model_folder=model_folder, folds=[f.name for f in fold_folders])
-    writing = CaseOutputs(output, model_folder, tta, iou_threshold, score_threshold, save_masks, slicer)
-    todo = _cases_to_predict(cases, output, overwrite, writing, summary)
+    writing = CaseOutputs(output, model_folder, options.tta, options.iou_threshold, options.score_threshold,
+                          options.save_masks, options.slicer)
+    todo = _cases_to_predict(cases, output, options.overwrite, writing, summary)
     if todo:
-        device = resolve_device(device)
-        prefetcher = CasePrefetcher(todo, plans, num_processes)  # starts reading while the models load
+        device = resolve_device(options.device)
+        prefetcher = CasePrefetcher(todo, plans, options.num_processes)  # starts reading while the models load
         try:
-            predictor = EnsemblePredictor(fold_folders, checkpoint, device, tta, iou_threshold, max_per_class)
+            predictor = EnsemblePredictor(fold_folders, selection.checkpoint, device, options.tta,
+                                          options.iou_threshold, options.max_per_class)
         except BaseException:
             prefetcher.close()
             raise
-        _predict_and_write(prefetcher, predictor, writing, summary, len(todo), progress)
+        _predict_and_write(prefetcher, predictor, writing, summary, len(todo), options.progress)
     summary.csv = write_boxes_csv(output)
     return summary
 
