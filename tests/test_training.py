@@ -194,8 +194,9 @@ def test_ctrl_c_saves_and_resume_matches(dataset_env: Path, reference_run: Path)
                "--iters-per-epoch", "3", "--device", "cpu", "--num-workers", "1", "--seed", str(REFERENCE_SEED),
                "--no-progress-bar"]
     folder = dataset_env / reference_run.parent.parent.name / reference_run.parent.name / "fold_0"
-    process = subprocess.Popen(command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
     log = folder / "training_log.txt"
+    log.unlink(missing_ok=True)  # an earlier run's log already says "epoch 1/2": only this run's may count
+    process = subprocess.Popen(command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
         if log.is_file() and "epoch 1/2" in log.read_text():
