@@ -186,6 +186,13 @@ def test_resume_gives_the_same_losses(dataset_env: Path, reference_run: Path, mo
     assert "resumed from checkpoint_last.pt" in (folder / "training_log.txt").read_text()
 
 
+def _sigint_as_from_a_terminal() -> None:
+    """In the child before exec: SIGINT neither ignored nor blocked, as in a process started from a shell.
+    Both are inherited, and the pytest process may carry either from an earlier test's libraries."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_saves_and_resume_matches(dataset_env: Path, reference_run: Path) -> None:
     """SIGINT to the CLI in its second epoch (with a background worker): exit 130 and checkpoint_last.pt;
     --resume finishes with the losses of the uninterrupted run (made without a worker)."""
@@ -196,7 +203,8 @@ def test_ctrl_c_saves_and_resume_matches(dataset_env: Path, reference_run: Path)
     folder = dataset_env / reference_run.parent.parent.name / reference_run.parent.name / "fold_0"
     log = folder / "training_log.txt"
     log.unlink(missing_ok=True)  # an earlier run's log already says "epoch 1/2": only this run's may count
-    process = subprocess.Popen(command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
+    process = subprocess.Popen(command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               encoding="utf-8", errors="replace", preexec_fn=_sigint_as_from_a_terminal)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
         if log.is_file() and "epoch 1/2" in log.read_text():
