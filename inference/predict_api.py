@@ -178,9 +178,10 @@ def tta_variants(plans: dict, geometry: Geometry) -> list[Variant]:
     (with kidney_left <-> kidney_right swapped) and never the head-foot or front-back axes, because an
     organ's position is one of its strongest cues; a model never shown an upside-down body would only
     add noise to the ensemble. Without lateral pairs nothing needs swapping back."""
+    planned = Plans.of(plans)
     variants = [Variant()]
-    if training_mirrored_left_right(plans):
-        variants.append(Variant((lateral_axis(geometry, Plans.of(plans).transpose_forward),), True))
+    if training_mirrored_left_right(planned):
+        variants.append(Variant((lateral_axis(geometry, planned.transpose_forward),), True))
     return variants
 
 
@@ -270,7 +271,7 @@ class EnsemblePredictor:
         return predictor
 
     def _use_plans(self, plans: dict) -> None:
-        view = Plans.of(plans)
+        self.view = view = Plans.of(plans)  # read once; per-case steps use it, not the dict
         self.input_size = view.input_size
         self.class_names = view.class_names
         self.label_values = view.label_values
@@ -295,7 +296,7 @@ class EnsemblePredictor:
         """Fused detections of a preprocessed case `[C, d, h, w]`: `boxes` in preprocessed voxels,
         `scores`, `labels` (class indices), `support`, `members` (how many predictions were fused)."""
         shape = image.shape[1:]
-        variants = tta_variants(self.plans, geometry) if self.tta else [Variant()]
+        variants = tta_variants(self.view, geometry) if self.tta else [Variant()]
         pairs = self.lateral_pairs
         all_boxes, all_scores, all_labels = [], [], []
         for variant in variants:
@@ -349,10 +350,10 @@ def _load_and_preprocess(case: InputCase, plans: dict):
 
     try:
         image, geometry = read_input_case(case)
-        channels = Plans.of(plans).in_channels
-        if image.shape[0] != channels:
-            raise InputError(f"{case.source}: {image.shape[0]} channel(s), the model takes {channels}")
-        return preprocess_image(image, geometry, plans)
+        planned = Plans.of(plans)
+        if image.shape[0] != planned.in_channels:
+            raise InputError(f"{case.source}: {image.shape[0]} channel(s), the model takes {planned.in_channels}")
+        return preprocess_image(image, geometry, planned)
     except InputError as error:
         return str(error)
     except Exception as error:  # noqa: BLE001 - a broken case must not stop the others

@@ -165,7 +165,7 @@ def read_ground_truth_case(path: str | os.PathLike, classes: DatasetClasses, dec
     path = Path(path)
     if path.name.endswith(".json"):      # a box file (box-only dataset)
         return read_box_ground_truth(path, classes)
-    label_map = read_label_map(path)[0].astype(np.int64)
+    label_map = read_label_map(path)[0]
     instance_json = path.parent / f"{case_name_from_file(path, LABEL_FILE_ENDINGS)}.json"
     if instance_json.is_file():
         return _instance_boxes(label_map, path, instance_json, classes, declared)

@@ -124,14 +124,15 @@ def train_fold(dataset: str | int, fold: str | int, objective: str, plans_name: 
     train_cases, val_cases = fold_cases(dataset_name, plans_dir, fold_value)
     output = fold_folder(dataset_name, fold_value, objective, plans_name)
     plans = fold_plans(plans_dir, output, fold_value, train_cases, run.resume, backbone, overrides, schedule)
+    planned = Plans.of(plans)
     info = distributed_from_environment()
     device_name = training_device(run.device, info)
     workers = default_num_workers(info.world_size, device_name) if run.num_workers is None else int(run.num_workers)
     arguments = {
         "dataset": str(dataset), "dataset_name": dataset_name, "fold": fold_value, "objective": objective,
-        "plans_name": plans_name, **{key: Plans.of(plans).training[key] for key in asdict(schedule)},
+        "plans_name": plans_name, **{key: planned.training[key] for key in asdict(schedule)},
         "device": device_name, "num_workers": workers, "resume": bool(run.resume), "seed": int(run.seed),
-        "backbone": Plans.of(plans).backbone, "val_every": run.val_every, "max_minutes": run.max_minutes,
+        "backbone": planned.backbone, "val_every": run.val_every, "max_minutes": run.max_minutes,
         "overrides": list(overrides.items()) if isinstance(overrides, dict) else list(overrides or []),
         "world_size": info.world_size, "train_cases": train_cases, "val_cases": val_cases,
         "trainer": trainer_folder_name(objective, plans_name), "preprocessed_folder": str(plans_dir),
