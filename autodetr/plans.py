@@ -130,11 +130,12 @@ def _fill(target: dict, defaults: Mapping[str, Any]) -> None:
 
 def upgrade(plans: dict) -> dict:
     """Bring a plans dict written by an older version up to date, in place: the query kind of plans
-    before class-anchored queries ("learned"), the backbone ("fpn"), the training and loss defaults, the number of input
+    before class-anchored queries ("learned"), the backbone ("fpn"), the mask spread (0: off), the training and loss defaults, the number of input
     channels, and eta where the plan did not store it."""
     network = plans.setdefault("network", {})
     network.setdefault("queries", "learned")
     network.setdefault("backbone", "fpn")
+    network.setdefault("mask_spread", 0.0)  # plans before the mask spread: slot 0 alone starts at the mask box
     if "in_channels" not in network and "channel_names" in plans:
         network["in_channels"] = len(plans["channel_names"])
     _fill(plans.setdefault("training", {}), TRAINING_DEFAULTS)

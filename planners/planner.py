@@ -67,6 +67,9 @@ LATERAL_SUFFIXES = (("_left", "_right"), ("left_", "right_"))
 
 #: Channels of the fine segmentation head (`autodetr.model.fine_segmentation`).
 FINE_SEGMENTATION_CHANNELS = 16
+#: Mask spread s (`network.mask_spread`, `autodetr.model.anchors`): where the segmentation finds a class,
+#: every query of its group starts within s box sizes of the mask box, sized by 1 +- s.
+MASK_SPREAD = 0.2
 
 def base_target_spacing(fingerprint: dict) -> np.ndarray:
     """nnU-Net's full-resolution target spacing (z, y, x), computed by nnU-Net's own planner method."""
@@ -179,6 +182,12 @@ def plan_network(budget: dict, strides: list[list[int]], backbone: str, in_chann
         "each class group's first query starts at the box of the class's mask from the fine segmentation head "
         "where one is found, else at the atlas median (Mask DINO's mask-enhanced anchors; autodetr.model.anchors)"
     )
+    decisions["mask_spread"] = (
+        f"mask spread {MASK_SPREAD}: where the segmentation finds a class, every query of its group starts around the "
+        f"mask box (centre within {MASK_SPREAD} box sizes, size x 1 +- {MASK_SPREAD}; DINO's jittered anchors), not only "
+        "the first; queries at fixed atlas positions memorise the training cases' positions (fold 0 of the training "
+        "benchmark, 20-minute probes, 1 thread: mAP 0.203 without, 0.331 with)"
+    )
     decisions["fine_segmentation"] = (
         f"a fine segmentation head at the stem's stride {list(stem_stride)} ({FINE_SEGMENTATION_CHANNELS} channels, "
         "skip from the stem, Retina U-Net style, a correction of the finest MSA level's logits): one more level of "
@@ -203,6 +212,7 @@ def plan_network(budget: dict, strides: list[list[int]], backbone: str, in_chann
         "decoder": copy.deepcopy(budget["decoder"]),
         "queries": QUERIES_DEFAULT,
         "mask_enhanced_anchors": True,
+        "mask_spread": MASK_SPREAD,
         "fine_segmentation": {"stride": list(stem_stride), "channels": FINE_SEGMENTATION_CHANNELS},
         "num_queries": num_queries,
         "drmm": {"class_groups": num_queries >= num_classes, "scale_floor": 0.1},

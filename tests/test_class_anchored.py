@@ -179,3 +179,43 @@ def test_valid_box_follows_the_mirror_and_the_spatial_transform() -> None:
     assert batch["seg"].shape == seg.shape
     assert np.allclose(batch["valid_boxes"][0], found, atol=1.0)  # the valid box moved with the image
     assert not np.allclose(batch["valid_boxes"][0], valid[0], atol=1.0)
+
+
+def _decoder_references(spread: "torch.Tensor | None", boxes: torch.Tensor, found: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """Layer-0 reference boxes [B, N, 6] of a tiny anchored decoder given mask proposals."""
+    from autodetr.model.decoder import DeformableDecoder
+
+    decoder = DeformableDecoder(16, anchors.shape[0], 1, 2, 1, 2, 32, 0.0, anchors=anchors, mask_spread=spread)
+    values = [torch.zeros(1, 16, 4, 4, 4)]
+    with torch.no_grad():
+        return decoder(values, torch.ones(1, 3), None, (boxes, found)).reference_boxes[0]
+
+
+def test_mask_spread_starts_every_query_of_a_found_class_around_its_mask_box() -> None:
+    from autodetr.model.anchors import mask_spread_offsets
+
+    atlas = OrganAtlas.uninformed(3)
+    anchors = anchor_boxes(atlas, 12)
+    offsets = mask_spread_offsets(12, 3, 0.2)
+    assert torch.all(offsets[:3] == 0)  # slot 0: the mask box itself
+    assert float(offsets.abs().max()) <= 0.2 + 1e-6 and float(offsets[3:].abs().min()) >= 0.0
+    assert torch.equal(offsets[3], offsets[4]) and not torch.equal(offsets[3], offsets[6])  # one offset per slot
+    mask = torch.tensor([[[0.3, 0.4, 0.5, 0.2, 0.1, 0.3], [0.6, 0.6, 0.6, 0.1, 0.1, 0.1], [0.5, 0.5, 0.5, 0.1, 0.1, 0.1]]])
+    found = torch.tensor([[True, True, False]])
+    spread = _decoder_references(offsets, mask, found, anchors)[0]
+    classes = query_classes(12, 3)
+    for label, is_found in ((1, True), (2, True), (3, False)):
+        group = spread[classes == label]
+        if not is_found:  # no mask: the atlas anchors, as without the spread
+            assert torch.allclose(group, place_anchors(anchors, torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]]))[0][classes == label])
+            continue
+        box = mask[0, label - 1]
+        assert torch.allclose(group[0], box)
+        assert torch.all((group[:, :3] - box[:3]).abs() <= 0.2 * box[3:] + 1e-6)  # centres within 0.2 sizes
+        assert torch.all((group[:, 3:] / box[3:] - 1).abs() <= 0.2 + 1e-5)
+        assert len({tuple(np.round(b.numpy(), 5)) for b in group}) == len(group)  # distinct boxes
+    # without the spread only slot 0 moves to the mask box
+    plain = _decoder_references(None, mask, found, anchors)[0]
+    atlas_placed = place_anchors(anchors, torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]]))[0]
+    assert torch.allclose(plain[0], mask[0, 0]) and torch.allclose(plain[2], atlas_placed[2])
+    assert torch.allclose(plain[3:], atlas_placed[3:])

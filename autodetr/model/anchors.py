@@ -55,6 +55,22 @@ def anchor_boxes(atlas: OrganAtlas, num_queries: int) -> torch.Tensor:
     return torch.as_tensor(anchors, dtype=torch.float32)
 
 
+def mask_spread_offsets(num_queries: int, num_classes: int, spread: float) -> torch.Tensor:
+    """`[N, 6]` offsets of the mask-spread anchors (module docstring): 0 for slot 0 (the mask box itself),
+    `spread * u` for slot j >= 1 with `u` in [-1, 1]^6 the Halton point of the atlas spread's slot j."""
+    slots = int(np.ceil(num_queries / max(1, num_classes)))
+    points = qmc.Halton(d=6, scramble=False).random(slots - 1 + HALTON_SKIP)[HALTON_SKIP:] if slots > 1 else np.zeros((0, 6))
+    table = np.concatenate([np.zeros((1, 6)), (2.0 * points - 1.0) * float(spread)])
+    return torch.as_tensor(table[np.arange(num_queries) // max(1, num_classes)], dtype=torch.float32)
+
+
+def spread_boxes(boxes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Centre boxes `[B, N, 6]` moved by `offsets [N, 6]`: centre + offset * size, size * (1 + offset)."""
+    centre, size = boxes[..., :3], boxes[..., 3:]
+    moved = torch.cat([centre + offsets[:, :3] * size, size * (1 + offsets[:, 3:])], dim=-1)
+    return moved.clamp(1e-4, 1 - 1e-4)
+
+
 def full_valid_boxes(batch: int, device: torch.device | None = None) -> torch.Tensor:
     """`[B, 6]` valid boxes covering the whole input (no padding)."""
     return torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0, 1.0]], device=device).expand(batch, 6)

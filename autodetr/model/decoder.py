@@ -24,7 +24,7 @@ from torch import nn
 
 from .deformable_attention import MultiScaleDeformableAttention3D
 from .dropout import FastDropout
-from .anchors import full_valid_boxes, place_anchors
+from .anchors import full_valid_boxes, place_anchors, spread_boxes
 from .heads import MLP, inverse_sigmoid
 
 #: Sine frequencies per box coordinate of the anchored query position (2 x 6 x this features).
@@ -76,10 +76,13 @@ class DeformableDecoder(nn.Module):
     """N learned queries -> per-layer features, reference boxes and refined boxes (see `DecoderOutput`)."""
 
     def __init__(self, dim: int, num_queries: int, layers: int, heads: int, levels: int, points: int, ffn_dim: int,
-                 dropout: float, anchors: torch.Tensor | None = None) -> None:
+                 dropout: float, anchors: torch.Tensor | None = None, mask_spread: torch.Tensor | None = None) -> None:
         super().__init__()
         self.dim = dim
         self.anchored = anchors is not None
+        # [N, 6] offsets of every query's anchor around its class's mask box (`anchors.mask_spread_offsets`);
+        # derived from the plan, so not part of the state dict
+        self.register_buffer("mask_spread", None if mask_spread is None else mask_spread.float().clone(), persistent=False)
         if self.anchored:
             if anchors.shape != (num_queries, 6):
                 raise ValueError(f"anchors must be [{num_queries}, 6], got {list(anchors.shape)}")
@@ -97,12 +100,26 @@ class DeformableDecoder(nn.Module):
             nn.init.zeros_(mlp.layers[-1].weight)
             nn.init.zeros_(mlp.layers[-1].bias)
 
+    def _mask_anchored(self, reference: torch.Tensor, boxes: torch.Tensor, found: torch.Tensor) -> torch.Tensor:
+        """Anchors `[B, N, 6]` with the mask boxes `[B, C, 6]` of the classes found `[B, C]` put in: slot 0 of
+        each group, or every slot moved by its mask-spread offset (query k serves class k mod C)."""
+        count = boxes.shape[1]
+        boxes = boxes.to(reference.dtype)
+        if self.mask_spread is None:
+            first = torch.where(found[..., None], boxes, reference[:, :count])
+            return torch.cat([first, reference[:, count:]], dim=1)
+        slots = -(-reference.shape[1] // count)
+        tiled = boxes.repeat(1, slots, 1)[:, : reference.shape[1]]
+        tiled_found = found.repeat(1, slots)[:, : reference.shape[1]]
+        return torch.where(tiled_found[..., None], spread_boxes(tiled, self.mask_spread.to(reference.dtype)), reference)
+
     def forward(self, values: Sequence[torch.Tensor], level_scales: torch.Tensor,
                 valid_boxes: torch.Tensor | None = None,
                 proposals: tuple[torch.Tensor, torch.Tensor] | None = None) -> DecoderOutput:
         """`valid_boxes` [B, 6]: each sample's unpadded region (normalised corners); `proposals`: mask boxes
         [B, C, 6] and found [B, C] (`anchors.mask_boxes`) that replace the first C queries' anchors (slot 0
-        of each class group) where found. Both for anchored queries only."""
+        of each class group) where found -- every query's, moved by its `mask_spread` offset, when the decoder
+        has them. Both for anchored queries only."""
         batch = values[0].shape[0]
         if self.anchored:
             if valid_boxes is None:
@@ -110,10 +127,7 @@ class DeformableDecoder(nn.Module):
             tgt = self.query_content.weight[None].expand(batch, -1, -1)
             reference = place_anchors(self.anchors, valid_boxes.to(values[0].dtype))
             if proposals is not None:
-                boxes, found = proposals
-                count = boxes.shape[1]
-                first = torch.where(found[..., None], boxes.to(reference.dtype), reference[:, :count])
-                reference = torch.cat([first, reference[:, count:]], dim=1)
+                reference = self._mask_anchored(reference, *proposals)
             query_pos = None
         else:
             query_pos, tgt = self.query_embed.weight.split(self.dim, dim=-1)
