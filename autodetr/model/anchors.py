@@ -38,11 +38,18 @@ def query_classes(num_queries: int, num_classes: int) -> torch.Tensor:
     return torch.arange(num_queries, dtype=torch.int64) % max(1, num_classes) + 1
 
 
+def slot_points(num_queries: int, num_classes: int) -> np.ndarray:
+    """`[rho - 1, 6]` points in [0, 1)^6 of slots 1..rho-1 of a class group: the Halton sequence (module docstring)."""
+    slots = int(np.ceil(num_queries / max(1, num_classes)))
+    if slots <= 1:
+        return np.zeros((0, 6))
+    return qmc.Halton(d=6, scramble=False).random(slots - 1 + HALTON_SKIP)[HALTON_SKIP:]
+
+
 def anchor_boxes(atlas: OrganAtlas, num_queries: int) -> torch.Tensor:
     """`[N, 6]` relative centre boxes of the class-anchored queries (module docstring)."""
     num_classes = atlas.num_classes
-    slots = int(np.ceil(num_queries / max(1, num_classes)))
-    spread = qmc.Halton(d=6, scramble=False).random(slots - 1 + HALTON_SKIP)[HALTON_SKIP:] if slots > 1 else np.zeros((0, 6))
+    spread = slot_points(num_queries, num_classes)
     anchors = np.empty((num_queries, 6), dtype=np.float64)
     for k in range(num_queries):
         index, slot = k % num_classes, k // num_classes
@@ -58,8 +65,7 @@ def anchor_boxes(atlas: OrganAtlas, num_queries: int) -> torch.Tensor:
 def mask_spread_offsets(num_queries: int, num_classes: int, spread: float) -> torch.Tensor:
     """`[N, 6]` offsets of the mask-spread anchors (module docstring): 0 for slot 0 (the mask box itself),
     `spread * u` for slot j >= 1 with `u` in [-1, 1]^6 the Halton point of the atlas spread's slot j."""
-    slots = int(np.ceil(num_queries / max(1, num_classes)))
-    points = qmc.Halton(d=6, scramble=False).random(slots - 1 + HALTON_SKIP)[HALTON_SKIP:] if slots > 1 else np.zeros((0, 6))
+    points = slot_points(num_queries, num_classes)
     table = np.concatenate([np.zeros((1, 6)), (2.0 * points - 1.0) * float(spread)])
     return torch.as_tensor(table[np.arange(num_queries) // max(1, num_classes)], dtype=torch.float32)
 

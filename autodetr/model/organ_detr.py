@@ -65,16 +65,15 @@ class OrganDETR(nn.Module):
             int(msa.get("ffn_dim", 4 * hidden)), float(msa.get("dropout", 0.0)), bool(msa.get("bias", False)),
         )
         self.segmentation_head = SegmentationHead(hidden, num_classes, levels)
-        spread = float(network.get("mask_spread", 0.0) or 0.0)
-        mask_spread = (mask_spread_offsets(int(network["num_queries"]), num_classes, spread)
-                       if anchors is not None and spread > 0 and network.get("mask_enhanced_anchors", False) else None)
+        self.mask_enhanced = anchors is not None and bool(network.get("mask_enhanced_anchors", False))
+        spread = float(network["mask_spread"])  # 0 in plans written before it (`Plans.upgrade`)
+        mask_spread = mask_spread_offsets(int(network["num_queries"]), num_classes, spread) if self.mask_enhanced and spread > 0 else None
         self.decoder = DeformableDecoder(
             hidden, int(network["num_queries"]), int(dec["layers"]), int(dec["heads"]), levels,
             int(dec["points"]), int(dec.get("ffn_dim", 4 * hidden)), float(dec.get("dropout", 0.0)), anchors=anchors,
             mask_spread=mask_spread,
         )
         self.head = head if head is not None else DETRHead(hidden, num_classes, int(dec["layers"]))
-        self.mask_enhanced = anchors is not None and bool(network.get("mask_enhanced_anchors", False))
         fine = fine_segmentation_settings(network)
         self.fine_segmentation = FineSegmentationHead(network, num_classes) if fine is not None else None
         self.fine_stride = fine["stride"] if fine is not None else None
