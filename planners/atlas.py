@@ -145,3 +145,14 @@ def prior_detections(atlas: OrganAtlas, shape: Sequence[int]) -> tuple[np.ndarra
     corners = denormalise_centre(atlas.median[keep], np.asarray(shape, dtype=np.float64))
     labels = np.nonzero(keep)[0].astype(np.int64) + 1
     return corners, prior_scores(atlas.frequency[keep]), labels
+
+
+def prior_detections_in_original(atlas: OrganAtlas, restore: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`prior_detections` of one case mapped back through its body crop and resampling (`restore`, the
+    case's `RestoreInfo`): (corner boxes in original voxels [C, 6], clipped to the image, scores, class
+    indices 1..C), exactly as the trained detector's boxes are mapped back."""
+    from autodetr.boxes import clip_boxes
+
+    corners, scores, labels = prior_detections(atlas, restore.preprocessed_shape)
+    boxes = clip_boxes(restore.preprocessed_to_original(corners), restore.geometry.shape_zyx)
+    return boxes, scores, labels

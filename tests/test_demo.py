@@ -1,4 +1,5 @@
-"""`autodetr_demo --minutes 1` on the small phantom: exit 0, pictures, index.html and metrics."""
+"""`autodetr_demo --minutes 1` on the small phantom: exit 0, pictures, index.html, metrics, and the atlas prior's
+metrics on the same held-out cases beside them."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import pytest
 from autodetr.demo.entrypoints import main
 
 
-def test_demo_small_one_minute(tmp_path, monkeypatch):
+def test_demo_small_one_minute(tmp_path, monkeypatch, capsys):
     for kind in ("raw", "preprocessed", "results"):
         monkeypatch.delenv(f"AUTODETR_{kind}", raising=False)
     out = tmp_path / "demo"
@@ -28,3 +29,9 @@ def test_demo_small_one_minute(tmp_path, monkeypatch):
     metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
     assert 0.0 <= metrics["mAP"] <= 1.0 and 0.0 <= metrics["mAR"] <= 1.0
     assert len(list((out / "predictions").glob("*.json"))) == 2
+    # the baseline on the same held-out cases: the atlas prior of the same training cases, printed and on the page
+    prior = json.loads((out / "evaluation_atlas_prior" / "metrics.json").read_text())
+    assert prior["cases"] == metrics["cases"] and 0.0 <= prior["mAP"] <= 1.0
+    printed = capsys.readouterr().out
+    assert "atlas prior" in printed and f"mAP {prior['mAP']:.3f}" in printed and f"mAP {metrics['mAP']:.3f}" in printed
+    assert "atlas prior" in page

@@ -396,3 +396,38 @@ def test_an_image_without_a_body_predicts_nothing_with_a_warning(pipeline, tmp_p
     with pytest.warns(UserWarning, match="no body found"):
         assert run_predict(["-i", str(path), "-o", str(tmp_path / "out"), "-m", str(pipeline.model_folder), "-np", "1"]) == 0
     assert read_output(tmp_path / "out" / "air.json")["detections"] == []
+
+
+def test_atlas_prior_predictions_are_the_folds_prior_on_each_case(pipeline_env, tmp_path, capsys):
+    """`predict_atlas_prior` on raw images writes, per case, the same atlas prior boxes as the trainer's
+    validation baseline computes from the preprocessed case; a broken file fails alone, by name."""
+    from autodetr.atomic_io import read_json
+    from autodetr.inference.atlas_prior import predict_atlas_prior
+    from autodetr.planners.atlas import OrganAtlas, prior_detections_in_original
+    from autodetr.preprocessing.restore import RestoreInfo
+
+    pipeline = pipeline_env
+    fold_folder = pipeline.model_folder / "fold_0"
+    plans = read_json(fold_folder / "plans.json")
+    preprocessed = pipeline.roots["preprocessed"] / pipeline.dataset_name / "autodetrPlans"
+    validation = read_json(preprocessed.parent / "splits_final.json")[0]["val"]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for case_id in validation:
+        (folder / f"{case_id}_0000.nii.gz").symlink_to(pipeline.raw_folder / "imagesTr" / f"{case_id}_0000.nii.gz")
+    (folder / "broken_0000.nii.gz").write_bytes(b"not an image")
+    summary = predict_atlas_prior(folder, tmp_path / "out", fold_folder, progress=False)
+    assert sorted(summary.written) == sorted(validation) and list(summary.failed) == ["broken"]
+    assert "broken" in capsys.readouterr().err and not (tmp_path / "out" / "broken.json").exists()
+    atlas = OrganAtlas.from_json(plans["atlas"])
+    value_of = {c["index"]: c["label_value"] for c in plans["classes"]}
+    for case_id in validation:
+        restore = RestoreInfo.from_json(read_json(preprocessed / f"{case_id}.json")["restore"])
+        boxes, scores, labels = prior_detections_in_original(atlas, restore)
+        detections = read_json(tmp_path / "out" / f"{case_id}.json")["detections"]
+        by_label = {d["label_value"]: d for d in detections}
+        assert sorted(by_label) == sorted(value_of[int(c)] for c in labels)
+        for box, score, label in zip(boxes, scores, labels):
+            written = by_label[value_of[int(label)]]
+            np.testing.assert_allclose(written["box_voxel"], box, atol=1e-6)
+            assert written["score"] == pytest.approx(score)

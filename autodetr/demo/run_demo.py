@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from autodetr.atomic_io import atomic_path, read_json
 from autodetr.boxes import boxes_from_label_map
+from autodetr.demo.defaults import DEFAULT_MINUTES, DEFAULT_NUM_CASES
 from autodetr.demo.pictures import DrawnBox, draw_case
 
 DEMO_DATASET_ID = 500
@@ -33,6 +34,19 @@ class DemoResult:
     index_html: Path | None = None
     training_curve: Path | None = None
     failed_cases: list[str] = field(default_factory=list)
+    atlas_metrics: dict | None = None  # the atlas prior of the same training cases on the same test cases
+
+
+def comparison_lines(result: DemoResult) -> list[str]:
+    """The model's held-out summary beside the atlas prior's on the same cases (the baseline)."""
+    def summary(metrics: dict) -> str:
+        return " ".join(f"{key} {metrics.get(key, float('nan')):.3f}" for key in ("mAP", "AP50", "AP75", "mAR"))
+
+    lines = [f"trained model, {result.metrics.get('num_cases', 0)} held-out cases: {summary(result.metrics)}"]
+    if result.atlas_metrics is not None:
+        lines.append(f"atlas prior (each organ's median training box, image not looked at), same cases: "
+                     f"{summary(result.atlas_metrics)}")
+    return lines
 
 
 def _use_demo_roots(output: Path) -> dict[str, Path]:
@@ -92,6 +106,7 @@ def write_index_html(result: DemoResult, path: Path) -> Path:
     )
     curve = (f'<h2>Training</h2><img src="{html.escape(str(result.training_curve.relative_to(path.parent)))}" alt="training curve">'
              if result.training_curve else "")
+    comparison = "\n".join(f"<p>{html.escape(line)}</p>" for line in comparison_lines(result))
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>autodetr demo</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse}}
@@ -100,6 +115,7 @@ img{{max-width:100%}} figure{{margin:1em 0}}</style></head><body>
 <h1>autodetr demo</h1>
 <p>Organ boxes predicted on held-out phantom CTs. Metrics: COCO-style 3D box AP over IoU 0.50:0.95, AP50, AP75, AR.
 mAP {result.metrics.get('mAP', float('nan')):.3f}, mAR {result.metrics.get('mAR', float('nan')):.3f}.</p>
+{comparison}
 <table><tr>{header}</tr>
 {rows}
 </table>
@@ -130,10 +146,11 @@ class StageEstimate:
         print(f"[{stage}/5] {text} (about {max(1, round(left / 60))} min left in all)", flush=True)
 
 
-def run_demo(output: Path, minutes: float = 10.0, size: str = "full", num_cases: int = 16, num_test_cases: int = 4,
+def run_demo(output: Path, minutes: float = DEFAULT_MINUTES, size: str = "full", num_cases: int = DEFAULT_NUM_CASES, num_test_cases: int = 4,
              image: Path | None = None, device: str | None = None, seed: int = 0, num_processes: int = 2) -> DemoResult:
     """Run the demo into `output` (see the module docstring); returns where everything is."""
     from autodetr.evaluation.api import evaluate_folder
+    from autodetr.inference.atlas_prior import predict_atlas_prior
     from autodetr.inference.predict_api import predict
     from autodetr.phantom.generator import make_phantom_dataset
     from autodetr.planners.plan_and_preprocess_api import plan_and_preprocess
@@ -161,12 +178,14 @@ def run_demo(output: Path, minutes: float = 10.0, size: str = "full", num_cases:
         failed += list(getattr(summary_image, "failed", []) or [])
     estimate.announce(5, "evaluate and draw")
     metrics = evaluate_folder(predictions, raw_folder, output_folder=output / "evaluation")
+    predict_atlas_prior(raw_folder / "imagesTs", output / "predictions_atlas_prior", fold_folder)
+    atlas_metrics = evaluate_folder(output / "predictions_atlas_prior", raw_folder, output_folder=output / "evaluation_atlas_prior")
     dataset_json = read_json(raw_folder / "dataset.json")
     names_by_value = {int(v): k for k, v in dataset_json["labels"].items() if int(v) != 0}
     ending = dataset_json["file_ending"]
     test_images = {p.name[: -len("_0000" + ending)]: p for p in (raw_folder / "imagesTs").glob(f"*_0000{ending}")}
     test_labels = {p.name[: -len(ending)]: p for p in (raw_folder / "labelsTs").glob(f"*{ending}")}
-    result = DemoResult(output=output, metrics=metrics, failed_cases=failed)
+    result = DemoResult(output=output, metrics=metrics, failed_cases=failed, atlas_metrics=atlas_metrics)
     result.pictures = draw_predictions(predictions, test_images, test_labels, names_by_value, output / "pictures")
     if image is not None:
         from autodetr.inference.inputs import discover_cases

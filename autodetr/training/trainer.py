@@ -679,9 +679,8 @@ def atlas_prior_metrics(plans: dict, val_files: Sequence[CaseFiles]) -> dict:
     """Metrics of the atlas prior of the plan's `atlas` (`autodetr.planners.atlas.prior_detections`: every
     class's median box, the image never looked at) on preprocessed cases, in original voxels like the
     trained detector's validation: the baseline a fold must beat."""
-    from autodetr.boxes import clip_boxes
     from autodetr.evaluation.api import CaseResult, evaluate_cases
-    from autodetr.planners.atlas import OrganAtlas, prior_detections
+    from autodetr.planners.atlas import OrganAtlas, prior_detections_in_original
     from autodetr.preprocessing.restore import RestoreInfo
     from autodetr.preprocessing.case_arrays import load_case_boxes
 
@@ -691,8 +690,7 @@ def atlas_prior_metrics(plans: dict, val_files: Sequence[CaseFiles]) -> dict:
     cases = []
     for files in val_files:
         restore = RestoreInfo.from_json(read_json(files.restore_json)["restore"])
-        corners, scores, labels = prior_detections(atlas, restore.preprocessed_shape)
-        boxes = clip_boxes(restore.preprocessed_to_original(corners), restore.geometry.shape_zyx)
+        boxes, scores, labels = prior_detections_in_original(atlas, restore)
         gt_boxes, gt_classes = load_case_boxes(files.npz)
         gt = restore.preprocessed_to_original(gt_boxes) if len(gt_boxes) else np.zeros((0, 6))
         cases.append(CaseResult(files.case_id, gt, np.asarray([label_value[int(c)] for c in gt_classes], dtype=np.int64),
