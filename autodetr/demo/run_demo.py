@@ -1,8 +1,9 @@
 """`autodetr_demo`: the whole chain on the embedded default data set, in one output folder.
 
 phantom data set (if missing) -> plan + preprocess (CPU preset) -> train on all training cases for a
-bounded time -> predict the held-out phantom cases (and `--image` if given) -> evaluate -> pictures,
-training curve and an offline `index.html`.
+bounded time -> predict the held-out phantom cases (and `--image` if given) -> evaluate, beside the atlas
+prior of the same training cases on the same held-out cases (the baseline that never looks at the image)
+-> pictures, training curve and an offline `index.html`.
 """
 from __future__ import annotations
 
