@@ -1,60 +1,87 @@
-"""The atlas prior's predictions on new cases: the baseline a trained model is read against.
+"""The atlas prior's predictions on new cases: the baseline a trained model is read against
+(`autodetr_predict --atlas-prior`).
 
-For every case of an input folder, each class's median box of a trained fold's training cases (the fold's
-organ atlas, `autodetr.planners.atlas`) is placed in the case's cropped body and mapped back to the
-original image exactly as the network's boxes are, without looking at a voxel inside the body. The files
-have the prediction format of `autodetr_predict`, so `autodetr_evaluate` scores model and prior alike, on
-the same cases. A detector that does not beat these boxes has learned only where organs usually lie.
+For every case, each chosen fold's organ atlas (each class's median box of that fold's training cases,
+`autodetr.planners.atlas`) is placed in the case's cropped body, the folds' boxes are fused by weighted
+box clustering exactly as the fold models' boxes are, and the result is mapped back to the original image
+as the network's boxes are, without looking at a voxel inside the body. The files have the format of
+`autodetr_predict` (same folder layout, `boxes.csv`, masks and Slicer ROIs on request), so
+`autodetr_evaluate` scores model and prior alike, on the same cases. A detector that does not beat these
+boxes has learned only where organs usually lie.
 """
 from __future__ import annotations
 
 import os
-import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
 
 from autodetr.atomic_io import read_json
+from autodetr.boxes import clip_boxes
 from autodetr.errors import InputError
-from autodetr.planners.atlas import OrganAtlas, prior_detections_in_original
+from autodetr.planners.atlas import OrganAtlas, prior_detections
 from autodetr.plans import Plans
 
-from .inputs import discover_cases
-from .outputs import prediction_path, write_case_prediction
-from .predict_api import CasePrefetcher, PredictSummary
+from .ensemble import DEFAULT_IOU_THRESHOLD, fuse_detections
+from .predict_api import ModelSelection, PredictOptions, PredictSummary, predict_cases
+
+#: What the prediction files name as the model of each fold member.
+PRIOR_CHECKPOINT = "atlas prior (image not looked at)"
+
+
+@dataclass(frozen=True)
+class PriorMember:
+    """One fold's atlas, in the place of a fold model (`EnsemblePredictor.members`)."""
+
+    fold: str
+    atlas: OrganAtlas
+    checkpoint: str = PRIOR_CHECKPOINT
+
+
+class AtlasPriorPredictor:
+    """The atlas priors of the chosen folds, predicting preprocessed cases with `EnsemblePredictor`'s
+    interface (`predict_case`, `members`, `class_names`), so `autodetr_predict` writes them the same way."""
+
+    def __init__(self, fold_folders: Sequence[Path], iou_threshold: float = DEFAULT_IOU_THRESHOLD) -> None:
+        self.iou_threshold = iou_threshold
+        self.members: list[PriorMember] = []
+        view = None
+        for folder in fold_folders:
+            plans_file = Path(folder) / "plans.json"
+            if not plans_file.is_file():
+                raise InputError(f"{plans_file}: missing; train the fold first")
+            fold_view = Plans.of(read_json(plans_file))
+            if not fold_view.has_atlas:
+                raise InputError(f"{plans_file}: the plan has no organ atlas; rerun autodetr_plan_and_preprocess and train again")
+            view = view or fold_view
+            self.members.append(PriorMember(Path(folder).name.removeprefix("fold_"), OrganAtlas.from_json(fold_view.atlas_json)))
+        if view is None:
+            raise InputError("no folds to take the atlas prior from")
+        self.class_names = view.class_names
+        self.label_values = view.label_values
+
+    def predict_case(self, case: Any) -> dict[str, Any]:
+        """The fused prior of a `PreprocessedCase`, mapped back to its original image (the keys of
+        `EnsemblePredictor.predict_case`)."""
+        restore = case.restore
+        shape = restore.preprocessed_shape
+        detections = [prior_detections(member.atlas, shape) for member in self.members]
+        fused = fuse_detections([d[0] for d in detections], [d[1] for d in detections], [d[2] for d in detections],
+                                self.iou_threshold, max_per_class=1)
+        boxes = clip_boxes(restore.preprocessed_to_original(fused.boxes), restore.geometry.shape_zyx) \
+            if len(fused.boxes) else np.zeros((0, 6))
+        label_values = np.asarray([self.label_values[int(c)] for c in fused.labels], dtype=np.int64)
+        return {"boxes": boxes, "scores": fused.scores, "label_values": label_values, "support": fused.support,
+                "members": len(detections), "preprocessed": None}
 
 
 def predict_atlas_prior(input_path: str | os.PathLike, output_folder: str | os.PathLike, fold_folder: str | os.PathLike,
                         num_processes: int = 1, progress: bool = True) -> PredictSummary:
     """Write `<output_folder>/<case>.json` with the atlas prior of the trained fold in `fold_folder` (its
-    `plans.json` holds the atlas of its own training cases) for every case of `input_path`. A case that
-    cannot be read is reported on stderr and listed in the summary's `failed`; the others are written."""
-    from tqdm import tqdm
-
-    plans_file = Path(fold_folder) / "plans.json"
-    if not plans_file.is_file():
-        raise InputError(f"{plans_file}: missing; train the fold first")
-    plans = read_json(plans_file)
-    view = Plans.of(plans)
-    if not view.has_atlas:
-        raise InputError(f"{plans_file}: the plan has no organ atlas; rerun autodetr_plan_and_preprocess and train again")
-    atlas = OrganAtlas.from_json(view.atlas_json)
-    cases = discover_cases(input_path, view.in_channels, exclude=output_folder)
-    output = Path(output_folder)
-    output.mkdir(parents=True, exist_ok=True)
-    summary = PredictSummary(folds=[Path(fold_folder).name])
-    prefetcher = CasePrefetcher(cases, plans, num_processes)
-    try:
-        for case, prepared in tqdm(prefetcher, total=len(cases), desc="Atlas prior", unit="case", disable=not progress,
-                                   file=sys.stderr):
-            if isinstance(prepared, str):
-                summary.failed[case.case_id] = prepared
-                tqdm.write(f"failed: {case.case_id}: {prepared}", file=sys.stderr)
-                continue
-            boxes, scores, labels = prior_detections_in_original(atlas, prepared.restore)
-            label_values = [view.label_values[int(c)] for c in labels]
-            write_case_prediction(prediction_path(output, case.case_id), case.case_id, boxes, scores, label_values,
-                                  view.class_names, prepared.restore.geometry,
-                                  extra={"model": "atlas prior (image not looked at)", "fold_folder": str(fold_folder)})
-            summary.written.append(case.case_id)
-    finally:
-        prefetcher.close()
-    return summary
+    `plans.json` holds the atlas of its own training cases) for every case of `input_path`, overwriting
+    earlier files. A case that cannot be read is reported on stderr and listed in the summary's `failed`;
+    the others are written."""
+    return predict_cases(input_path, output_folder, ModelSelection(model=str(Path(fold_folder))),
+                         PredictOptions(num_processes=num_processes, overwrite=True, progress=progress, atlas_prior=True))

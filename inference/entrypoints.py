@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  autodetr_predict -i imagesTs -o predictions -d 500\n"
         "  autodetr_predict -i scan.nii.gz -o out -m $AUTODETR_results/Dataset500_Phantom/" + DEFAULT_MODEL + " -f 0\n"
         "  autodetr_predict -i dicom_folder -o out --save-masks --tta --slicer\n"
+        "  autodetr_predict -i imagesTs -o prior -d 500 --atlas-prior   # the baseline, same folds\n"
         + textwrap.fill("A case that fails is named on stderr with the reason; the others are still written, and the "
                         "exit code is 1 (2 for a problem with the whole command, e.g. no trained model). A rerun skips "
                         "cases whose <case>.json exists (use --overwrite to redo them).", 100),
@@ -69,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-per-class", type=int, default=1,
                         help="detections kept per class (default 1: organs occur once per scan)")
     parser.add_argument("--overwrite", action="store_true", help="predict again the cases whose <case>.json exists")
+    parser.add_argument("--atlas-prior", action="store_true",
+                        help="write the baseline instead of the model's boxes: each class's median box of the chosen "
+                             "folds' training cases, placed in each case's body without looking at the image (the "
+                             "folds' priors fused as their models' boxes are). Score both folders with autodetr_evaluate "
+                             "on the same cases: a model that does not beat its atlas prior has only learned where "
+                             "organs usually lie")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -85,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device, tta=args.tta, num_processes=args.num_processes, save_masks=args.save_masks,
         score_threshold=args.score_threshold, overwrite=args.overwrite, iou_threshold=args.iou_threshold,
         max_per_class=args.max_per_class, progress=not args.no_progress, slicer=args.slicer,
+        atlas_prior=args.atlas_prior,
     )
-    print(f"model {summary.model_folder} ({', '.join(summary.folds)}): {len(summary.written)} case(s) written, "
+    what = "atlas prior of model" if args.atlas_prior else "model"
+    print(f"{what} {summary.model_folder} ({', '.join(summary.folds)}): {len(summary.written)} case(s) written, "
           f"{len(summary.skipped)} skipped (already done), {len(summary.failed)} failed; table {summary.csv}")
     if summary.failed:
         print(f"{len(summary.failed)} case(s) failed: {', '.join(summary.failed)}", file=sys.stderr)

@@ -492,6 +492,7 @@ def predict(
     max_per_class: int = 1,
     progress: bool = True,
     slicer: bool = False,
+    atlas_prior: bool = False,
 ) -> PredictSummary:
     """Predict every case of `input_path` into `output_folder` (see the module docstring).
 
@@ -499,10 +500,12 @@ def predict(
     listed in the summary's `failed`; the others are still written. Finished cases (`<case>.json`
     exists) are skipped unless `overwrite`. `boxes.csv` is rebuilt from all case files at the end.
     `slicer`: also write `<case>.mrk.json`, one 3D Slicer ROI per detection (`autodetr.slicer_markups`).
+    `atlas_prior`: write the chosen folds' atlas prior instead of the networks' boxes (no network runs;
+    `autodetr.inference.atlas_prior`), the baseline to read the model's files against.
     The keywords are grouped into `ModelSelection` and `PredictOptions` for `predict_cases`."""
     selection = ModelSelection(dataset, model, None if folds is None else tuple(folds), checkpoint)
     options = PredictOptions(device, tta, num_processes, save_masks, score_threshold, overwrite, iou_threshold,
-                             max_per_class, progress, slicer)
+                             max_per_class, progress, slicer, atlas_prior)
     return predict_cases(input_path, output_folder, selection, options)
 
 
@@ -531,6 +534,7 @@ class PredictOptions:
     max_per_class: int = 1
     progress: bool = True
     slicer: bool = False
+    atlas_prior: bool = False
 
 
 def predict_cases(input_path: str | os.PathLike, output_folder: str | os.PathLike, selection: ModelSelection,
@@ -539,6 +543,8 @@ def predict_cases(input_path: str | os.PathLike, output_folder: str | os.PathLik
     from autodetr.atomic_io import remove_stale_partials
 
     check_prediction_options(selection.checkpoint, options.score_threshold, options.iou_threshold, options.max_per_class)
+    if options.atlas_prior and (options.tta or selection.checkpoint):
+        raise InputError("--atlas-prior runs no network: --tta and --checkpoint do not apply to it")
     output = Path(output_folder)
     if output.exists() and not output.is_dir():
         raise InputError(f"{output}: output exists and is not a folder")
@@ -553,17 +559,26 @@ def predict_cases(input_path: str | os.PathLike, output_folder: str | os.PathLik
                           options.save_masks, options.slicer)
     todo = _cases_to_predict(cases, output, options.overwrite, writing, summary)
     if todo:
-        device = resolve_device(options.device)
         prefetcher = CasePrefetcher(todo, plans, options.num_processes)  # starts reading while the models load
         try:
-            predictor = EnsemblePredictor(fold_folders, selection.checkpoint, device, options.tta,
-                                          options.iou_threshold, options.max_per_class)
+            predictor = build_predictor(fold_folders, selection, options)
         except BaseException:
             prefetcher.close()
             raise
         _predict_and_write(prefetcher, predictor, writing, summary, len(todo), options.progress)
     summary.csv = write_boxes_csv(output)
     return summary
+
+
+def build_predictor(fold_folders: Sequence[Path], selection: ModelSelection, options: PredictOptions) -> Any:
+    """The fold models (`EnsemblePredictor`), or with `options.atlas_prior` the folds' atlas priors
+    (`AtlasPriorPredictor`: no network, no device)."""
+    if options.atlas_prior:
+        from autodetr.inference.atlas_prior import AtlasPriorPredictor
+
+        return AtlasPriorPredictor(fold_folders, options.iou_threshold)
+    return EnsemblePredictor(fold_folders, selection.checkpoint, resolve_device(options.device), options.tta,
+                             options.iou_threshold, options.max_per_class)
 
 
 def check_prediction_options(checkpoint: str | None, score_threshold: float, iou_threshold: float, max_per_class: int) -> None:

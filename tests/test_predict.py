@@ -431,3 +431,43 @@ def test_atlas_prior_predictions_are_the_folds_prior_on_each_case(pipeline_env, 
             written = by_label[value_of[int(label)]]
             np.testing.assert_allclose(written["box_voxel"], box, atol=1e-6)
             assert written["score"] == pytest.approx(score)
+
+
+def test_predict_atlas_prior_fuses_the_chosen_folds_priors(pipeline_env, tmp_path, capsys):
+    """`autodetr_predict --atlas-prior` over folds 0 and 1: per case one box per class, lying between the two
+    folds' own prior boxes (fused as the fold models' boxes are), the files and boxes.csv of a normal
+    prediction; --tta with it is refused in one line."""
+    from autodetr.atomic_io import read_json
+    from autodetr.planners.atlas import OrganAtlas, prior_detections_in_original
+    from autodetr.preprocessing.restore import RestoreInfo
+
+    pipeline = pipeline_env
+    preprocessed = pipeline.roots["preprocessed"] / pipeline.dataset_name / "autodetrPlans"
+    case_id = sorted(read_json(preprocessed.parent / "splits_final.json")[0]["val"])[0]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / f"{case_id}_0000.nii.gz").symlink_to(pipeline.raw_folder / "imagesTr" / f"{case_id}_0000.nii.gz")
+    model = str(pipeline.model_folder)
+    assert run_predict(["-i", str(folder), "-o", str(tmp_path / "prior"), "-m", model, "-f", "0", "1", "--atlas-prior"]) == 0
+    assert "atlas prior of model" in capsys.readouterr().out
+    content = read_output(tmp_path / "prior" / f"{case_id}.json")
+    assert (tmp_path / "prior" / "boxes.csv").is_file()
+    restore = RestoreInfo.from_json(read_json(preprocessed / f"{case_id}.json")["restore"])
+    per_fold = []
+    for fold in ("fold_0", "fold_1"):
+        plans = read_json(pipeline.model_folder / fold / "plans.json")
+        boxes, _, labels = prior_detections_in_original(OrganAtlas.from_json(plans["atlas"]), restore)
+        value_of = {c["index"]: c["label_value"] for c in plans["classes"]}
+        per_fold.append({value_of[int(c)]: box for c, box in zip(labels, boxes)})
+    detections = {d["label_value"]: np.asarray(d["box_voxel"]) for d in content["detections"]}
+    assert len(detections) == len(content["detections"]) and sorted(detections) == sorted(set(per_fold[0]) | set(per_fold[1]))
+    assert any(not np.allclose(per_fold[0][v], per_fold[1][v]) for v in set(per_fold[0]) & set(per_fold[1]))
+    for value, box in detections.items():
+        candidates = np.stack([fold[value] for fold in per_fold if value in fold])
+        assert np.all(box >= candidates.min(0) - 1e-6) and np.all(box <= candidates.max(0) + 1e-6)
+        if len(candidates) == 2 and not np.allclose(candidates[0], candidates[1]):  # an average, not one fold's box
+            assert not np.allclose(box, candidates[0]) and not np.allclose(box, candidates[1])
+
+    assert run_predict(["-i", str(folder), "-o", str(tmp_path / "tta"), "-m", model, "--atlas-prior", "--tta"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--atlas-prior" in error[0] and not (tmp_path / "tta").exists()
