@@ -211,7 +211,7 @@ def to_original_voxels(boxes: Any, input_size: Sequence[int], restore: Any) -> "
     values = boxes.detach().cpu().numpy() if isinstance(boxes, torch.Tensor) else np.asarray(boxes)
     corners = denormalise_centre(values.reshape(-1, 6).astype(np.float64), [int(v) for v in input_size])
     corners = clip_boxes(corners, restore.preprocessed_shape)
-    return clip_boxes(restore.preprocessed_to_original(corners), restore.geometry.shape_zyx)
+    return restore.boxes_in_original(corners)
 
 
 def find_checkpoint(fold_folder: str | Path, checkpoint: str | None = None) -> Path:

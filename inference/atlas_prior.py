@@ -19,7 +19,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from autodetr.atomic_io import read_json
-from autodetr.boxes import clip_boxes
 from autodetr.errors import InputError
 from autodetr.planners.atlas import OrganAtlas, prior_detections
 from autodetr.plans import Plans
@@ -70,8 +69,7 @@ class AtlasPriorPredictor:
         detections = [prior_detections(member.atlas, shape) for member in self.members]
         fused = fuse_detections([d[0] for d in detections], [d[1] for d in detections], [d[2] for d in detections],
                                 self.iou_threshold, max_per_class=1)
-        boxes = clip_boxes(restore.preprocessed_to_original(fused.boxes), restore.geometry.shape_zyx) \
-            if len(fused.boxes) else np.zeros((0, 6))
+        boxes = restore.boxes_in_original(fused.boxes)
         label_values = np.asarray([self.label_values[int(c)] for c in fused.labels], dtype=np.int64)
         return {"boxes": boxes, "scores": fused.scores, "label_values": label_values, "support": fused.support,
                 "members": len(detections), "preprocessed": None}

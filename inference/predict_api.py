@@ -327,8 +327,7 @@ class EnsemblePredictor:
         """Predict a `PreprocessedCase` and map the result back to its original image."""
         restore = case.restore
         result = self.predict_preprocessed(case.image, restore.geometry)
-        original = clip_boxes(restore.preprocessed_to_original(result["boxes"]), restore.geometry.shape_zyx) \
-            if len(result["boxes"]) else np.zeros((0, 6))
+        original = restore.boxes_in_original(result["boxes"])
         label_values = np.asarray([self.label_values[int(c)] for c in result["labels"]], dtype=np.int64)
         return {"boxes": original, "scores": result["scores"], "label_values": label_values,
                 "support": result["support"], "members": result["members"], "preprocessed": result}

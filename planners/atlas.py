@@ -151,8 +151,5 @@ def prior_detections_in_original(atlas: OrganAtlas, restore: Any) -> tuple[np.nd
     """`prior_detections` of one case mapped back through its body crop and resampling (`restore`, the
     case's `RestoreInfo`): (corner boxes in original voxels [C, 6], clipped to the image, scores, class
     indices 1..C), exactly as the trained detector's boxes are mapped back."""
-    from autodetr.boxes import clip_boxes
-
     corners, scores, labels = prior_detections(atlas, restore.preprocessed_shape)
-    boxes = clip_boxes(restore.preprocessed_to_original(corners), restore.geometry.shape_zyx)
-    return boxes, scores, labels
+    return restore.boxes_in_original(corners), scores, labels

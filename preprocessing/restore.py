@@ -48,6 +48,13 @@ class RestoreInfo:
         backward = [self.transpose_forward.index(a) for a in range(3)]
         return transposed[:, backward + [b + 3 for b in backward]]
 
+    def boxes_in_original(self, boxes: np.ndarray) -> np.ndarray:
+        """Corner boxes in preprocessed voxels -> original voxels, clipped to the original image: how every
+        predicted box (network, fold ensemble, atlas prior) is mapped back. `[0, 6]` for no boxes."""
+        from autodetr.boxes import clip_boxes
+
+        return clip_boxes(self.preprocessed_to_original(boxes), self.geometry.shape_zyx)
+
     def to_json(self) -> dict:
         return {
             "geometry": self.geometry.to_json(),

@@ -37,7 +37,6 @@ import torch
 from torch import nn
 
 from autodetr.atomic_io import read_json
-from autodetr.boxes import clip_boxes
 from autodetr.detector import build_criterion, build_detector
 from autodetr.errors import InputError
 from autodetr.paths import CHECKPOINT_NAMES
@@ -569,8 +568,7 @@ class Trainer:
         restore = RestoreInfo.from_json(read_json(files.restore_json)["restore"])
         self.network.eval()
         result = self.predictor.predict_preprocessed(case["image"], restore.geometry)
-        original = (clip_boxes(restore.preprocessed_to_original(result["boxes"]), restore.geometry.shape_zyx)
-                    if len(result["boxes"]) else np.zeros((0, 6)))
+        original = restore.boxes_in_original(result["boxes"])
         labels = [self.label_value[int(c)] for c in result["labels"]]
         gt = restore.preprocessed_to_original(case["boxes"]) if len(case["boxes"]) else np.zeros((0, 6))
         gt_labels = [self.label_value[int(c)] for c in case["classes"]]
