@@ -13,8 +13,15 @@ Per row: optimizer steps, iterations per second, peak memory of the trainer proc
 augmentation worker, the validation COCO 3D mAP, mAR, AP50, AP75, ECE, the best validation mAP seen,
 and mAP as a multiple of the atlas prior's.
 
+Fold 0 has 4 validation cases, and a row's mAP on them moves by about 0.03 between runs of the same code.
+`--heldout N` also generates N held-out phantoms (in `<work>/heldout_N`, never trained on) and scores
+every row on them the way a user would: `autodetr_predict` with the row's final fold-0 checkpoint (the
+atlas row: `autodetr_predict --atlas-prior`, fold 0's atlas), then `autodetr_evaluate`; a second table
+prints those figures. 12 held-out cases add about a minute per row.
+
     python benchmarks/bench_training.py --minutes 20                 # the README's figures
     python benchmarks/bench_training.py --minutes 2 --rows atlas,dqm # a quick check
+    python benchmarks/bench_training.py --minutes 20 --rows atlas,dqm --heldout 12
 
 Writes `<work>/bench_training.json` (or `--json`). Data and trained folds stay in `--work`
 (default benchmarks/output/bench_training).
@@ -61,6 +68,10 @@ finally:
 """
 
 
+#: A command-line entry point run as a child process (what `autodetr_predict` / `autodetr_evaluate` run).
+CLI = "import sys; from {module} import main; sys.exit(main(sys.argv[1:]))"
+
+
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget per row (default 20)")
@@ -77,6 +88,8 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=REPOSITORY / "benchmarks" / "output" / "bench_training",
                         help="scratch folder for data, preprocessed cases and results")
     parser.add_argument("--json", type=Path, default=None, help="where to write the figures (default <work>/bench_training.json)")
+    parser.add_argument("--heldout", type=int, default=0, metavar="N",
+                        help="also score every row on N held-out full-size phantoms (default 0: validation cases only)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="plans override passed to every trained row (repeatable)")
     args = parser.parse_args()
@@ -84,6 +97,10 @@ def parse_arguments() -> argparse.Namespace:
     unknown = [r for r in args.row_names if r not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    if args.heldout < 0:
+        parser.error(f"--heldout must be >= 0, got {args.heldout}")
+    if args.heldout and not any(name in CONFIGURATIONS for name in args.row_names):
+        parser.error("--heldout needs a trained row (the atlas row's held-out prior comes from fold 0's plans)")
     return args
 
 
@@ -160,11 +177,54 @@ def trained_row(name: str, args: argparse.Namespace, plans_folder: Path) -> dict
     return row
 
 
+def heldout_images(args: argparse.Namespace) -> Path:
+    """`args.heldout` full-size held-out phantoms (made once, reused); returns the Dataset folder."""
+    from autodetr.phantom import make_phantom_dataset
+
+    # one training case is the generator's minimum; it is never used here
+    return make_phantom_dataset(args.work / f"heldout_{args.heldout}", DATASET_ID, num_cases=1, num_test_cases=args.heldout,
+                                size="full", num_processes=args.num_processes, progress=True)
+
+
+def heldout_row(name: str, model_folder: Path, dataset: Path, args: argparse.Namespace, atlas_prior: bool = False) -> dict:
+    """Fold 0 of `model_folder` (its final checkpoint, or its atlas prior) on the held-out phantoms, through
+    autodetr_predict and autodetr_evaluate as a user runs them."""
+    output = args.work / "heldout_predictions" / name
+    shutil.rmtree(output, ignore_errors=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    predict = [sys.executable, "-c", CLI.format(module="autodetr.inference.entrypoints"), "-i", str(dataset / "imagesTs"), "-o", str(output),
+               "-m", str(model_folder), "-f", str(FOLD), "--device", args.device, "-np", "1", "--no-progress"]
+    predict += ["--atlas-prior"] if atlas_prior else ["--checkpoint", "final"]
+    evaluate = [sys.executable, "-c", CLI.format(module="autodetr.evaluation.entrypoints"), "-p", str(output), "-g", str(dataset / "labelsTs"),
+                "--dataset-json", str(dataset / "dataset.json")]
+    for command in (predict, evaluate):
+        subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    metrics = json.loads((output / "evaluation" / "metrics.json").read_text())
+    return {key: _rounded(metrics.get(key)) for key in METRICS} | {"cases": args.heldout}
+
+
 def _rounded(value) -> float | None:
     try:
         return round(float(value), 4)
     except (TypeError, ValueError):
         return None
+
+
+def print_heldout_table(heldout: dict[str, dict]) -> None:
+    atlas_map = (heldout.get("atlas") or {}).get("mAP")
+    columns = ("row", "mAP", "mAR", "AP50", "AP75", "ECE", "x atlas mAP")
+    lines = []
+    for name, row in heldout.items():
+        ratio = row["mAP"] / atlas_map if atlas_map and row.get("mAP") is not None else None
+        values = (name, *(row.get(key) for key in METRICS), None if ratio is None else round(ratio, 1))
+        lines.append(["-" if v is None else str(v) for v in values])
+    widths = [max(len(c), *(len(line[i]) for line in lines)) for i, c in enumerate(columns)]
+    cases = next(iter(heldout.values()))["cases"]
+    print(f"\nthe same rows on {cases} held-out phantoms (final checkpoint of fold 0; atlas: fold 0's atlas prior)")
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for line in lines:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths)))
 
 
 def print_table(rows: dict[str, dict], figures: dict) -> None:
@@ -199,11 +259,23 @@ def main() -> None:
     figures.update(prepared)
     figures["peak_rss_mb_data_preparation"] = round(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                                                         resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024.0, 1)
+    heldout_dataset = heldout_images(args) if args.heldout else None
     rows: dict[str, dict] = {}
+    heldout: dict[str, dict] = {}
     for name in args.row_names:
         rows[name] = atlas_row(plans_folder) if name == "atlas" else trained_row(name, args, plans_folder)
+        if heldout_dataset is not None and name != "atlas":
+            heldout[name] = heldout_row(name, Path(rows[name]["fold_folder"]).parent, heldout_dataset, args)
+    if heldout_dataset is not None and "atlas" in rows:
+        first_trained = next(name for name in args.row_names if name in CONFIGURATIONS)
+        atlas_prior = heldout_row("atlas", Path(rows[first_trained]["fold_folder"]).parent, heldout_dataset, args, atlas_prior=True)
+        heldout = {"atlas": atlas_prior, **heldout}
     figures["rows"] = rows
+    if heldout:
+        figures["heldout"] = heldout
     print_table(rows, figures)
+    if heldout:
+        print_heldout_table(heldout)
     path = args.json or args.work / "bench_training.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(figures, indent=2) + "\n")

@@ -70,6 +70,9 @@ FINE_SEGMENTATION_CHANNELS = 16
 #: Mask spread s (`network.mask_spread`, `autodetr.model.anchors`): where the segmentation finds a class,
 #: every query of its group starts within s box sizes of the mask box, sized by 1 +- s.
 MASK_SPREAD = 0.2
+#: `network.decoder_fine_level`: the decoder also samples the fine segmentation head's features
+#: (`autodetr.model.organ_detr`).
+DECODER_FINE_LEVEL = False
 
 def base_target_spacing(fingerprint: dict) -> np.ndarray:
     """nnU-Net's full-resolution target spacing (z, y, x), computed by nnU-Net's own planner method."""
@@ -194,6 +197,13 @@ def plan_network(budget: dict, strides: list[list[int]], backbone: str, in_chann
         "L_seg, and the grid the mask-enhanced anchors take their boxes from (the finest MSA level is too coarse "
         "for boxes that reach IoU 0.75; autodetr.model.fine_segmentation)"
     )
+    decisions["decoder_fine_level"] = (
+        f"{str(DECODER_FINE_LEVEL).lower()}: whether the decoder's deformable attention also samples the fine "
+        "segmentation head's stride-2 features (projected once), besides the MSA levels. Off: fold 0 of the training "
+        "benchmark, 20-minute probes (1 thread, two at a time), mAP on the 4 validation + 12 held-out phantoms: "
+        "0.308 with it against 0.277 without (511 against 582 steps), but 0.258 against 0.269 with the "
+        "field-of-view crop; the step costs about 20% more on a CPU"
+    )
     decisions["drmm"] = (
         "D-RMM class groups (query k serves class k mod C) when N >= C: a free class head lets one query "
         "explain several neighbouring organs (autodetr.model.drmm_head)"
@@ -214,6 +224,7 @@ def plan_network(budget: dict, strides: list[list[int]], backbone: str, in_chann
         "mask_enhanced_anchors": True,
         "mask_spread": MASK_SPREAD,
         "fine_segmentation": {"stride": list(stem_stride), "channels": FINE_SEGMENTATION_CHANNELS},
+        "decoder_fine_level": DECODER_FINE_LEVEL,
         "num_queries": num_queries,
         "drmm": {"class_groups": num_queries >= num_classes, "scale_floor": 0.1},
     }

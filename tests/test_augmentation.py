@@ -105,6 +105,65 @@ def test_boxes_after_augmentation_match_the_augmented_seg() -> None:
             assert out["target_boxes"][sample].dtype == np.float32
 
 
+def test_unmoved_samples_keep_the_exact_boxes_moved_ones_use_the_label_map() -> None:
+    """Preprocessing's exact boxes (fractional voxel corners) are the targets of a sample the spatial
+    transform left in place, mirrored with it; a rotated / scaled sample's targets follow its label map."""
+    plans = make_plans()
+    image, labels = lps_volume()
+    found, values = boxes_from_label_map(labels)
+    exact = found + np.asarray([0.3, -0.2, 0.4, -0.3, 0.25, -0.1])  # sub-voxel edges
+    cases = {"still": ({}, False), "mirrored": ({"p_mirror": 1.0}, True), "moved": ({"p_rotation": 1.0, "p_scale": 1.0}, False)}
+    for name, (options, mirrored) in cases.items():
+        plans["training"]["augmentation"] = {"p_gamma": 0.0, "p_noise": 0.0, "p_brightness": 0.0, "p_contrast": 0.0,
+                                             "p_rotation": 0.0, "p_scale": 0.0, "p_elastic": 0.0, **options}
+        np.random.seed(0)
+        batch = {"data": image[None, None].copy(), "seg": labels[None, None].copy(), "lr_axis": np.asarray([2]),
+                 "exact_boxes": [(exact[::-1].copy(), values[::-1].copy())]}
+        out = training_transforms(plans)(**batch)
+        corners = denormalise_centre(out["target_boxes"][0], plans["input_size"])
+        if name == "moved":
+            expected, expected_values = boxes_from_label_map(out["seg"][0])
+        elif mirrored:
+            width = labels.shape[2]
+            expected = exact.copy()
+            expected[:, 2], expected[:, 5] = width - exact[:, 5], width - exact[:, 2]
+            expected = expected[[1, 0, 2]]  # kidney_left and kidney_right swap classes and sides
+            expected_values = values
+        else:
+            expected, expected_values = exact, values
+        np.testing.assert_array_equal(out["target_labels"][0], expected_values, err_msg=name)
+        np.testing.assert_allclose(corners, expected, atol=1e-4, err_msg=name)
+
+
+def test_field_of_view_crop_shortens_the_scan_and_its_targets() -> None:
+    """The cut slices become padding, the valid region ends where the scan now ends, and an organ the cut
+    reaches gets the box of what is left of it (from the label map), the others their exact boxes."""
+    plans = make_plans()
+    plans["training"]["augmentation"] = {"p_gamma": 0.0, "p_noise": 0.0, "p_brightness": 0.0, "p_contrast": 0.0,
+                                         "p_rotation": 0.0, "p_scale": 0.0, "p_elastic": 0.0, "p_mirror": 0.0,
+                                         "p_fov_crop": 1.0, "fov_crop_fraction": [0.45, 0.0, 0.0]}
+    image, labels = lps_volume()
+    found, values = boxes_from_label_map(labels)
+    exact = found + np.asarray([0.25, 0.0, 0.0, -0.25, 0.0, 0.0])
+    cuts = set()
+    for seed in range(12):
+        np.random.seed(seed)
+        batch = {"data": image[None, None].copy(), "seg": labels[None, None].copy(), "lr_axis": np.asarray([2]),
+                 "valid_boxes": np.asarray([[0, 0, 0, *labels.shape]], dtype=np.float64),
+                 "exact_boxes": [(exact.copy(), values.copy())]}
+        out = training_transforms(plans)(**batch)
+        low, high = out["valid_boxes"][0][[0, 3]] * plans["input_size"][0]
+        assert 0 <= low < high <= labels.shape[0] and high - low >= 0.1 * labels.shape[0]
+        assert np.all(out["data"][0, 0, : int(low)] == image.min()) and np.all(out["seg"][0, int(high):] == 0)
+        np.testing.assert_array_equal(out["data"][0, 0, int(low):int(high)], image[int(low):int(high)])
+        corners = denormalise_centre(out["target_boxes"][0], plans["input_size"])
+        cut = bool(np.any(exact[:, 0] < low) or np.any(exact[:, 3] > high))
+        cuts.add(cut)
+        expected = boxes_from_label_map(out["seg"][0])[0] if cut else exact
+        np.testing.assert_allclose(corners, expected, atol=1e-4)
+    assert cuts == {True, False}
+
+
 def test_targets_handle_absent_and_one_voxel_organs() -> None:
     seg = np.zeros((1, 1, 8, 8, 8), dtype=np.float32)
     seg[0, 0, 3, 4, 5] = 2

@@ -2,6 +2,8 @@
 class groups, and the valid region that anchors live in."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from autodetr.evaluation.api import CaseResult, evaluate_cases
 from autodetr.losses.grouped import GroupedMatcher
 from autodetr.model.anchors import anchor_boxes, place_anchors, query_classes, valid_boxes_from_shapes
 from autodetr.phantom.generator import make_phantom_dataset
+from autodetr.plans import apply_overrides
 from autodetr.planners.atlas import OrganAtlas, atlas_from_cases, atlas_from_preprocessed, prior_detections
 from autodetr.planners.plan_and_preprocess_api import plan_and_preprocess
 from autodetr.training.augmentation import LateralMirrorTransform, SpatialTransformPerSample
@@ -72,11 +75,12 @@ def phantom_plans(tmp_path_factory: pytest.TempPathFactory):
     return folder, read_json(folder / "plans.json")
 
 
-@pytest.mark.parametrize("objective", ["dqm", "hungarian"])
-def test_untrained_detector_predicts_the_atlas_prior(phantom_plans, objective) -> None:
+@pytest.mark.parametrize("objective,fine_level", [("dqm", False), ("hungarian", False), ("dqm", True)])
+def test_untrained_detector_predicts_the_atlas_prior(phantom_plans, objective, fine_level) -> None:
     from autodetr.preprocessing.restore import RestoreInfo
 
     folder, plans = phantom_plans
+    plans = apply_overrides(copy.deepcopy(plans), {"network.decoder_fine_level": fine_level})
     assert plans["network"]["queries"] == "class_anchored" and "atlas" in plans and "atlas" in plans["decisions"]
     assert plans["network"]["num_queries"] == 3 * len(plans["classes"])
     cases = [f"phantom_{i:03d}" for i in range(5)]
@@ -110,6 +114,24 @@ def test_untrained_detector_predicts_the_atlas_prior(phantom_plans, objective) -
     detector_metrics, prior_metrics = evaluate_cases(detector_cases), evaluate_cases(prior_cases)
     for key in ("mAP", "AP50", "AP75", "mAR"):
         assert detector_metrics[key] == pytest.approx(prior_metrics[key], abs=1e-9), key
+
+
+def test_decoder_fine_level_is_sampled_and_trained_by_the_box_loss(phantom_plans) -> None:
+    """`network.decoder_fine_level`: the fine head's features are one more decoder level, projected once;
+    a box loss reaches that projection (once the box head is past its zero start)."""
+    folder, plans = phantom_plans
+    plans = apply_overrides(copy.deepcopy(plans), {"network.decoder_fine_level": True})
+    torch.manual_seed(0)
+    model = build_detector(plans, "dqm").train()
+    assert model.decoder.layers[0].cross_attention.levels == plans["network"]["num_feature_levels"] + 1
+    for mlp in model.decoder.box_refine:
+        torch.nn.init.normal_(mlp.layers[-1].weight, std=0.01)
+    outputs = model(torch.randn(1, 1, *plans["input_size"]))
+    outputs["pred_boxes"].sum().backward()
+    assert float(model.decoder_fine_level[0].weight.grad.abs().sum()) > 0
+    without_fine_head = apply_overrides(copy.deepcopy(plans), {"network.fine_segmentation": None})
+    with pytest.raises(ValueError, match="decoder_fine_level needs network.fine_segmentation"):
+        build_detector(without_fine_head, "dqm")
 
 
 def test_dqm_inside_groups_gives_each_present_class_its_own_queries() -> None:

@@ -51,12 +51,13 @@ class DecoderOutput:
 class DeformableDecoderLayer(nn.Module):
     """Query self-attention, multi-scale deformable cross-attention, FFN; each with residual + LayerNorm."""
 
-    def __init__(self, dim: int, heads: int, levels: int, points: int, ffn_dim: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, levels: int, points: int, ffn_dim: int, dropout: float,
+                 projected_levels: int = 0) -> None:
         super().__init__()
         self.self_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.dropout1 = FastDropout(dropout)
         self.norm1 = nn.LayerNorm(dim)
-        self.cross_attention = MultiScaleDeformableAttention3D(dim, levels, heads, points)
+        self.cross_attention = MultiScaleDeformableAttention3D(dim, levels, heads, points, projected_levels)
         self.dropout2 = FastDropout(dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), FastDropout(dropout), nn.Linear(ffn_dim, dim))
@@ -76,7 +77,10 @@ class DeformableDecoder(nn.Module):
     """N learned queries -> per-layer features, reference boxes and refined boxes (see `DecoderOutput`)."""
 
     def __init__(self, dim: int, num_queries: int, layers: int, heads: int, levels: int, points: int, ffn_dim: int,
-                 dropout: float, anchors: torch.Tensor | None = None, mask_spread: torch.Tensor | None = None) -> None:
+                 dropout: float, anchors: torch.Tensor | None = None, mask_spread: torch.Tensor | None = None,
+                 projected_levels: int = 0) -> None:
+        """`projected_levels`: the last levels of `values` come already projected (see
+        `MultiScaleDeformableAttention3D`)."""
         super().__init__()
         self.dim = dim
         self.anchored = anchors is not None
@@ -94,7 +98,8 @@ class DeformableDecoder(nn.Module):
             self.initial_reference = nn.Linear(dim, 6)
             nn.init.xavier_uniform_(self.initial_reference.weight)
             nn.init.zeros_(self.initial_reference.bias)
-        self.layers = nn.ModuleList(DeformableDecoderLayer(dim, heads, levels, points, ffn_dim, dropout) for _ in range(layers))
+        self.layers = nn.ModuleList(DeformableDecoderLayer(dim, heads, levels, points, ffn_dim, dropout, projected_levels)
+                                    for _ in range(layers))
         self.box_refine = nn.ModuleList(MLP(dim, dim, 6, 3) for _ in range(layers))
         for mlp in self.box_refine:
             nn.init.zeros_(mlp.layers[-1].weight)

@@ -32,11 +32,14 @@ def fibonacci_directions(count: int) -> torch.Tensor:
 class MultiScaleDeformableAttention3D(nn.Module):
     """query [B, Q, C] + reference boxes [B, Q, 6] + value maps (list of [B, C, d, h, w]) -> [B, Q, C]."""
 
-    def __init__(self, dim: int, levels: int, heads: int, points: int) -> None:
+    def __init__(self, dim: int, levels: int, heads: int, points: int, projected_levels: int = 0) -> None:
+        """`projected_levels`: how many of the last levels come already projected (their maps skip
+        `value_proj`: a fine level whose per-layer projection would cost more than the whole layer)."""
         super().__init__()
         if dim % heads:
             raise ValueError(f"hidden dim {dim} is not divisible by {heads} decoder heads")
         self.dim, self.levels, self.heads, self.points = dim, levels, heads, points
+        self.projected_levels = int(projected_levels)
         self.sampling_offsets = nn.Linear(dim, heads * levels * points * 3)
         self.attention_weights = nn.Linear(dim, heads * levels * points)
         self.value_proj = nn.Linear(dim, dim)
@@ -77,8 +80,9 @@ class MultiScaleDeformableAttention3D(nn.Module):
         batch, num_queries, _ = query.shape
         head_dim = self.dim // self.heads
         projected = []
-        for value in values:
-            v = self.value_proj(value.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
+        first_projected = len(values) - self.projected_levels
+        for index, value in enumerate(values):
+            v = value if index >= first_projected else self.value_proj(value.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
             projected.append(v.reshape(batch * self.heads, head_dim, *v.shape[2:]))
         locations = self.sampling_locations(query, reference_boxes) * level_scales[None, None, None, :, None, :]
         weights = self.attention_weights(query).reshape(batch, num_queries, self.heads, self.levels * self.points)

@@ -79,15 +79,21 @@ class FineSegmentationHead(nn.Module):
         nn.init.zeros_(self.classifier.weight)  # starts as the finest MSA level's logits, upsampled
         nn.init.zeros_(self.classifier.bias)
 
-    def forward(self, finest_level: torch.Tensor, finest_logits: torch.Tensor, stem_features: torch.Tensor,
-                images: torch.Tensor) -> torch.Tensor:
-        """Logits on the fine grid: the finest MSA level's logits upsampled (trilinear) plus a learned
-        correction from the skip path, so the head finds every organ the coarse head finds from the start
-        and learns to sharpen its borders (coarse-to-fine residual refinement)."""
+    def forward_with_features(self, finest_level: torch.Tensor, finest_logits: torch.Tensor, stem_features: torch.Tensor,
+                              images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, features [B, channels, ...]) on the fine grid: the finest MSA level's logits upsampled
+        (trilinear) plus a learned correction from the skip path's features, so the head finds every organ
+        the coarse head finds from the start and learns to sharpen its borders (coarse-to-fine residual
+        refinement). The features are also a decoder level with `network.decoder_fine_level`."""
         x = upsample_to(self.reduce(finest_level), self.ratio_to_stem, stem_features.shape[2:])
         x = self.stem_block(x + self.stem_skip(stem_features))
         if self.full_resolution:
             x = upsample_to(x, self.stem_stride, images.shape[2:])
             x = self.image_block(x + self.image_skip(images))
         coarse = F.interpolate(finest_logits, size=tuple(x.shape[2:]), mode="trilinear", align_corners=False)
-        return coarse + self.classifier(x)
+        return coarse + self.classifier(x), x
+
+    def forward(self, finest_level: torch.Tensor, finest_logits: torch.Tensor, stem_features: torch.Tensor,
+                images: torch.Tensor) -> torch.Tensor:
+        """Logits on the fine grid (see `forward_with_features`)."""
+        return self.forward_with_features(finest_level, finest_logits, stem_features, images)[0]

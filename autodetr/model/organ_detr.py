@@ -17,12 +17,19 @@ starts every query at its class's anchor inside the sample's valid region (`vali
 `network.mask_enhanced_anchors` the segmentation head of the finest MSA level runs in every forward and
 each class group's first query starts at the box of its soft mask where one is found; with
 `network.fine_segmentation` a fine head (`autodetr.model.fine_segmentation`) adds one more, finer
-segmentation output (last in `seg_logits`) and the mask boxes come from its grid.
+segmentation output (last in `seg_logits`) and the mask boxes come from its grid; with
+`network.decoder_fine_level` as well, the fine head's features, projected once to f_e (shared by all
+decoder layers: a per-layer value projection of a stride-2 map costs more than the rest of the layer on a
+CPU), are one more level the decoder's deformable attention samples (after the MSA levels), so box edges
+are read from the stem's grid rather than only from the MSA levels (the finest of which has stride 4): the
+high-resolution level Deformable DETR adds to its pyramid, and the U-Net decoder features Retina U-Net
+detects from.
 A replacement head (e.g. D-RMM) is passed as `head=`: a module called as
 `head(query_features, reference_boxes, refined_boxes) -> dict`, merged into the output.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -68,13 +75,20 @@ class OrganDETR(nn.Module):
         self.mask_enhanced = anchors is not None and bool(network.get("mask_enhanced_anchors", False))
         spread = float(network["mask_spread"])  # 0 in plans written before it (`Plans.upgrade`)
         mask_spread = mask_spread_offsets(int(network["num_queries"]), num_classes, spread) if self.mask_enhanced and spread > 0 else None
+        fine = fine_segmentation_settings(network)
+        self.decoder_fine_level = None
+        if bool(network.get("decoder_fine_level", False)):
+            if fine is None:
+                raise ValueError("network.decoder_fine_level needs network.fine_segmentation (its features are the level)")
+            self.decoder_fine_level = nn.Sequential(nn.Conv3d(fine["channels"], hidden, 1),
+                                                    nn.GroupNorm(math.gcd(32, hidden), hidden))
         self.decoder = DeformableDecoder(
-            hidden, int(network["num_queries"]), int(dec["layers"]), int(dec["heads"]), levels,
+            hidden, int(network["num_queries"]), int(dec["layers"]), int(dec["heads"]),
+            levels + (1 if self.decoder_fine_level is not None else 0),
             int(dec["points"]), int(dec.get("ffn_dim", 4 * hidden)), float(dec.get("dropout", 0.0)), anchors=anchors,
-            mask_spread=mask_spread,
+            mask_spread=mask_spread, projected_levels=1 if self.decoder_fine_level is not None else 0,
         )
         self.head = head if head is not None else DETRHead(hidden, num_classes, int(dec["layers"]))
-        fine = fine_segmentation_settings(network)
         self.fine_segmentation = FineSegmentationHead(network, num_classes) if fine is not None else None
         self.fine_stride = fine["stride"] if fine is not None else None
 
@@ -89,15 +103,22 @@ class OrganDETR(nn.Module):
         scales = level_scales(input_shape, [tuple(f.shape[2:]) for f in encoded], strides, images.device)
         if with_segmentation is None:
             with_segmentation = self.training
-        seg_logits = self.segmentation_head(encoded) if (with_segmentation or self.mask_enhanced) else []
+        needs_masks = with_segmentation or self.mask_enhanced or self.decoder_fine_level is not None
+        seg_logits = self.segmentation_head(encoded) if needs_masks else []
+        values = list(encoded)
         if seg_logits and self.fine_segmentation is not None:
-            seg_logits.append(self.fine_segmentation(encoded[-1], seg_logits[-1], stem, images))
+            fine_logits, fine_features = self.fine_segmentation.forward_with_features(encoded[-1], seg_logits[-1], stem, images)
+            seg_logits.append(fine_logits)
+            if self.decoder_fine_level is not None:
+                values.append(self.decoder_fine_level(fine_features))
+                scales = torch.cat([scales, level_scales(input_shape, [tuple(fine_features.shape[2:])], [self.fine_stride],
+                                                         images.device)])
         proposals = None
         if self.mask_enhanced and self.fine_stride is not None:
             proposals = mask_extent_boxes(seg_logits[-1], self.fine_stride, input_shape)
         elif self.mask_enhanced:
             proposals = mask_boxes(seg_logits[-1], strides[-1], input_shape)
-        decoded = self.decoder(encoded, scales, valid_boxes, proposals)
+        decoded = self.decoder(values, scales, valid_boxes, proposals)
         outputs: dict[str, Any] = dict(self.head(decoded.features, decoded.reference_boxes, decoded.refined_boxes))
         outputs["seg_logits"] = seg_logits if with_segmentation else []
         outputs["query_features"] = decoded.features

@@ -84,7 +84,9 @@ class DetectionDataLoader(DataLoader):
 
     A batch is a dict: `data [B, C, D, H, W]` float32, `seg [B, 1, D, H, W]` int16, `keys` (case ids),
     `lr_axis [B]` (the left-right axis of each case's preprocessed array), `valid_boxes [B, 6]` (voxel corners
-of each case's unpadded region) and `iteration`.
+    of each case's unpadded region), `exact_boxes` (per sample, the case's exact boxes from preprocessing:
+    `(corners [G, 6] voxel corners, classes [G])`, see `augmentation.DetectionTargetsTransform`) and
+    `iteration`.
     """
 
     def __init__(
@@ -124,11 +126,12 @@ of each case's unpadded region) and `iteration`.
         random.seed(int(seeds[0]) << 32 | int(seeds[1]))  # batchgenerators' noise variance uses `random`
         replace = len(self.files) < self.batch_size
         chosen = np.random.choice(len(self.files), self.batch_size, replace=replace)
-        images, segs, keys, axes, valid = [], [], [], [], []
+        images, segs, keys, axes, valid, exact = [], [], [], [], [], []
         for index in chosen:
             entry = self.files[int(index)]
             case = load_case(entry.npz)
             valid.append([0, 0, 0, *case["image"].shape[1:]])
+            exact.append((case["boxes"].astype(np.float64), case["classes"]))
             image, seg = pad_to_input(case["image"], case["seg"], self.input_size, entry.npz)
             images.append(image)
             segs.append(seg[None])
@@ -140,5 +143,6 @@ of each case's unpadded region) and `iteration`.
             "keys": keys,
             "lr_axis": np.asarray(axes, dtype=np.int64),
             "valid_boxes": np.asarray(valid, dtype=np.float64),
+            "exact_boxes": exact,
             "iteration": iteration,
         }
