@@ -11,6 +11,8 @@ Convention (everywhere, unless a name says otherwise):
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from scipy import ndimage
 
@@ -72,6 +74,15 @@ def box_volume(boxes: np.ndarray) -> np.ndarray:
     """Volume of corner boxes (zero for empty or inverted boxes)."""
     boxes = np.asarray(boxes, dtype=np.float64)
     return np.prod(np.clip(boxes[..., 3:] - boxes[..., :3], 0, None), axis=-1)
+
+
+def mirror_boxes(boxes: np.ndarray, axes: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """Corner boxes mirrored along `axes` of a grid of `shape` (edge 0 <-> edge shape)."""
+    boxes = np.array(boxes, dtype=np.float64, copy=True).reshape(-1, 6)
+    for axis in axes:
+        low, high = boxes[:, axis].copy(), boxes[:, axis + 3].copy()
+        boxes[:, axis], boxes[:, axis + 3] = shape[axis] - high, shape[axis] - low
+    return boxes
 
 
 def clip_boxes(boxes: np.ndarray, grid_shape: tuple[int, int, int] | np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from autodetr.boxes import clip_boxes, denormalise_centre
+from autodetr.boxes import clip_boxes, denormalise_centre, mirror_boxes
 from autodetr import paths
 from autodetr.devices import resolve_device
 from autodetr.errors import InputError
@@ -193,15 +193,6 @@ def swap_lateral_labels(labels: np.ndarray, pairs: Sequence[Sequence[int]]) -> n
         swapped[labels == a] = b
         swapped[labels == b] = a
     return swapped
-
-
-def mirror_boxes(boxes: np.ndarray, axes: Sequence[int], shape: Sequence[int]) -> np.ndarray:
-    """Corner boxes mirrored along `axes` of a grid of `shape` (edge 0 <-> edge shape)."""
-    boxes = np.array(boxes, dtype=np.float64, copy=True).reshape(-1, 6)
-    for axis in axes:
-        low, high = boxes[:, axis].copy(), boxes[:, axis + 3].copy()
-        boxes[:, axis], boxes[:, axis + 3] = shape[axis] - high, shape[axis] - low
-    return boxes
 
 
 def pad_to_input(image: np.ndarray, input_size: Sequence[int]) -> np.ndarray:

@@ -57,7 +57,7 @@ from batchgenerators.transforms.color_transforms import (
 )
 from batchgenerators.transforms.noise_transforms import GaussianNoiseTransform
 
-from autodetr.boxes import boxes_from_label_map, normalise_corners
+from autodetr.boxes import boxes_from_label_map, mirror_boxes, normalise_corners
 from autodetr.plans import Plans
 
 
@@ -199,14 +199,9 @@ class LateralMirrorTransform(AbstractTransform):
             exact = batch.get("exact_boxes")
             if exact is not None and exact[sample] is not None:
                 corners, classes = exact[sample]
-                size = data.shape[2 + axis]
-                corners = corners.copy()
-                corners[:, axis], corners[:, axis + 3] = size - exact[sample][0][:, axis + 3], size - exact[sample][0][:, axis]
-                exact[sample] = (corners, self.table[np.asarray(classes, dtype=np.int64)])
+                exact[sample] = (mirror_boxes(corners, [axis], data.shape[2:]), self.table[np.asarray(classes, dtype=np.int64)])
             if batch.get("valid_boxes") is not None:
-                box = batch["valid_boxes"][sample]
-                size = data.shape[2 + axis]
-                box[axis], box[axis + 3] = size - box[axis + 3], size - box[axis]
+                batch["valid_boxes"][sample] = mirror_boxes(batch["valid_boxes"][sample], [axis], data.shape[2:])[0]
         batch["mirrored"] = mirrored
         return batch
 
