@@ -48,6 +48,7 @@ DEFAULT_AUGMENTATION: dict[str, Any] = {
     "contrast_range": [0.75, 1.25],
     "p_fov_crop": 0.0,
     "fov_crop_fraction": [0.15, 0.0, 0.0],
+    "p_shift": 0.0,
 }
 
 #: `plans["training"]` keys the trainer reads, with the values used when a plan lacks them.
@@ -132,13 +133,15 @@ def _fill(target: dict, defaults: Mapping[str, Any]) -> None:
 
 def upgrade(plans: dict) -> dict:
     """Bring a plans dict written by an older version up to date, in place: the query kind of plans
-    before class-anchored queries ("learned"), the backbone ("fpn"), the mask spread (0: off), the decoder's fine level (off), the training and loss defaults, the number of input
+    before class-anchored queries ("learned"), the backbone ("fpn"), the mask spread (0: off), the decoder's fine level (off), the MSA position encoding (absolute), the training and loss defaults, the number of input
     channels, and eta where the plan did not store it."""
     network = plans.setdefault("network", {})
     network.setdefault("queries", "learned")
     network.setdefault("backbone", "fpn")
     network.setdefault("mask_spread", 0.0)  # plans before the mask spread: slot 0 alone starts at the mask box
     network.setdefault("decoder_fine_level", False)  # plans before it: the decoder samples the MSA levels only
+    if isinstance(network.get("msa"), dict):
+        network["msa"].setdefault("position", "absolute")  # plans before it: the paper's absolute encoding
     if "in_channels" not in network and "channel_names" in plans:
         network["in_channels"] = len(plans["channel_names"])
     _fill(plans.setdefault("training", {}), TRAINING_DEFAULTS)

@@ -42,7 +42,7 @@ PRESETS: dict[str, dict] = {
         "voxel_budget": 80 * 80 * 80,
         "stem_channels": 16, "base_channels": 16, "max_channels": 128, "blocks_per_stage": 1,
         "hidden_dim": 64, "num_feature_levels": 3,
-        "msa": {"patch_size": 2, "heads": 8, "depth": 1, "dropout": 0.0, "bias": False, "ffn_dim": 128},
+        "msa": {"patch_size": 2, "heads": 8, "depth": 1, "dropout": 0.0, "bias": False, "ffn_dim": 128, "position": "absolute"},
         "decoder": {"layers": 3, "heads": 8, "points": 4, "ffn_dim": 256, "dropout": 0.0},
         "stride_in_stem": True, "batch_size": 2, "max_num_pool": 5,
         "learning_rate": 1e-3, "grad_clip_norm": 1.0, "seg_loss_weight": 4.0,
@@ -51,13 +51,15 @@ PRESETS: dict[str, dict] = {
         "voxel_budget": 160 * 160 * 256,
         "stem_channels": 32, "base_channels": 32, "max_channels": 320, "blocks_per_stage": 2,
         "hidden_dim": 256, "num_feature_levels": 3,
-        "msa": {"patch_size": 2, "heads": 64, "depth": 2, "dropout": 0.3, "bias": False, "ffn_dim": 1024},
+        "msa": {"patch_size": 2, "heads": 64, "depth": 2, "dropout": 0.3, "bias": False, "ffn_dim": 1024, "position": "absolute"},
         "decoder": {"layers": 6, "heads": 8, "points": 4, "ffn_dim": 1024, "dropout": 0.1},
         "stride_in_stem": False, "batch_size": 2, "max_num_pool": 5,
         "learning_rate": 2e-4, "grad_clip_norm": 0.1, "seg_loss_weight": 2.0,
     },
 }
 MIN_FEATURE_MAP_SIZE = 4
+#: Probability of the training shift (`training.augmentation.p_shift`; absent from a plan: 0).
+SHIFT_PROBABILITY = 0.5
 #: Query design: "class_anchored" (rho queries per class at the organ atlas) or "learned" (the paper's).
 QUERIES_DEFAULT = "class_anchored"
 DEFAULT_RHO = 10
@@ -261,6 +263,13 @@ def plan_recipe(budget: dict, preset: str, box_annotations: bool, decisions: dic
             "no left-right mirror: a mirrored body puts every unpaired organ on the wrong side of its class anchor "
             "(set training.augmentation.p_mirror > 0 for learned queries)"
         )
+    training["augmentation"]["p_shift"] = SHIFT_PROBABILITY
+    decisions["shift"] = (
+        f"training.augmentation.p_shift {SHIFT_PROBABILITY}: half the training samples move by a random "
+        "offset inside their padding, so organs do not always sit at the same input coordinates (fold 0 of the training "
+        "benchmark, 20-minute probes, 1 thread: validation mAP 0.397 against 0.284-0.290 without, 12 held-out "
+        "phantoms 0.326 against 0.273-0.293)"
+    )
     decisions["batch_size"] = f"{preset} preset"
     if box_annotations:
         loss["seg"] = 0.0

@@ -164,6 +164,39 @@ def test_field_of_view_crop_shortens_the_scan_and_its_targets() -> None:
     assert cuts == {True, False}
 
 
+def test_shift_moves_the_case_inside_its_padding_with_its_targets() -> None:
+    """A shifted case keeps every voxel of its body (only padding is cut off), its valid region and its
+    exact boxes move by the same offset, and the offsets cover the padding's range (none leaves the input)."""
+    plans = make_plans(input_size=(24, 28, 32))
+    plans["training"]["augmentation"] = {"p_gamma": 0.0, "p_noise": 0.0, "p_brightness": 0.0, "p_contrast": 0.0,
+                                         "p_rotation": 0.0, "p_scale": 0.0, "p_elastic": 0.0, "p_mirror": 0.0,
+                                         "p_shift": 1.0}
+    image, labels = lps_volume()
+    found, values = boxes_from_label_map(labels)
+    exact = found + np.asarray([0.25, 0.0, 0.0, -0.25, 0.0, 0.0])
+    padded_image, padded_labels = pad_to_input(image[None], labels, plans["input_size"], "case.npz")
+    offsets = []
+    for seed in range(20):
+        np.random.seed(seed)
+        batch = {"data": padded_image[None].copy(), "seg": padded_labels[None, None].astype(np.float32),
+                 "lr_axis": np.asarray([2]), "valid_boxes": np.asarray([[0, 0, 0, *labels.shape]], dtype=np.float64),
+                 "exact_boxes": [(exact.copy(), values.copy())]}
+        out = training_transforms(plans)(**batch)
+        low = np.rint(out["valid_boxes"][0][:3] * plans["input_size"]).astype(int)
+        high = np.rint(out["valid_boxes"][0][3:] * plans["input_size"]).astype(int)
+        np.testing.assert_array_equal(high - low, labels.shape)
+        assert np.all(low >= 0) and np.all(high <= plans["input_size"])
+        inside = tuple(slice(a, b) for a, b in zip(low, high))
+        np.testing.assert_array_equal(out["data"][0, 0][inside], image)
+        np.testing.assert_array_equal(out["seg"][0][inside], labels)
+        assert out["data"][0, 0].sum() == pytest.approx(padded_image.sum(), rel=1e-5)  # only padding was cut off
+        corners = denormalise_centre(out["target_boxes"][0], plans["input_size"])
+        np.testing.assert_allclose(corners, exact + np.concatenate([low, low]), atol=1e-4)
+        offsets.append(low)
+    offsets = np.asarray(offsets)
+    assert np.all(offsets.max(0) > 0) and np.all(offsets.min(0) < np.subtract(plans["input_size"], labels.shape))
+
+
 def test_targets_handle_absent_and_one_voxel_organs() -> None:
     seg = np.zeros((1, 1, 8, 8, 8), dtype=np.float32)
     seg[0, 0, 3, 4, 5] = 2

@@ -19,9 +19,10 @@ def level_inputs(input_shape, strides, dim, seed=0):
     return [torch.randn(1, dim, *shape, generator=generator) for shape in shapes]
 
 
-def make_encoder(levels: int, depth: int = 2) -> MSAEncoder:
+def make_encoder(levels: int, depth: int = 2, position: str = "absolute") -> MSAEncoder:
     torch.manual_seed(0)
-    return MSAEncoder(num_levels=levels, dim=12, patch_size=2, heads=3, depth=depth, ffn_dim=16, dropout=0.3, bias=False).eval()
+    return MSAEncoder(num_levels=levels, dim=12, patch_size=2, heads=3, depth=depth, ffn_dim=16, dropout=0.3, bias=False,
+                      position=position).eval()
 
 
 @pytest.mark.parametrize("input_shape,strides", CASES)
@@ -34,9 +35,10 @@ def test_output_shapes_equal_input_shapes(input_shape, strides):
     assert all(torch.isfinite(o).all() for o in outputs)
 
 
+@pytest.mark.parametrize("position", ["absolute", "window"])
 @pytest.mark.parametrize("input_shape,strides", CASES)
-def test_information_flows_top_down_only(input_shape, strides):
-    encoder = make_encoder(len(strides))
+def test_information_flows_top_down_only(input_shape, strides, position):
+    encoder = make_encoder(len(strides), position=position)
     features = level_inputs(input_shape, strides, 12)
     with torch.no_grad():
         reference = encoder(features, strides, input_shape)
@@ -65,6 +67,22 @@ def test_coarse_change_reaches_only_the_windows_at_the_same_position():
     expected = torch.zeros(8, 8, 8, dtype=torch.bool)
     expected[4:8, 0:4, 4:8] = True
     assert torch.equal(changed, expected)
+
+
+def test_window_positions_make_the_encoder_independent_of_where_a_window_lies():
+    """With `position="window"` the same content one coarsest window further along gives the same output
+    there (Swin-like relative positions); the paper's absolute encoding does not."""
+    input_shape, strides = (16, 16, 16), [(4, 4, 4), (2, 2, 2), (1, 1, 1)]
+    shift = [2 * 4 // s[0] for s in strides]  # one window of the coarsest level, in each level's voxels
+    for position, invariant in (("window", True), ("absolute", False)):
+        encoder = make_encoder(3, position=position)
+        features = level_inputs(input_shape, strides, 12)
+        moved = [torch.roll(f, shifts=k, dims=2) for f, k in zip(features, shift)]
+        with torch.no_grad():
+            reference, outputs = encoder(features, strides, input_shape), encoder(moved, strides, input_shape)
+        for level, k in enumerate(shift):  # windows away from the seam: the coarsest window count is 2
+            same = torch.allclose(outputs[level][:, :, k:2 * k], reference[level][:, :, 0:k], atol=1e-5)
+            assert same == invariant, (position, level)
 
 
 @pytest.mark.parametrize("fine_shape,ratio", [((11, 19, 27), (2, 2, 2)), ((5, 10, 13), (1, 2, 4)), ((7, 7, 7), (2, 1, 2))])

@@ -41,6 +41,7 @@ def test_plan_and_preprocess_tiny_phantoms(roots):
     assert plans["atlas"]["num_cases"] == 6 and len(plans["atlas"]["median"]) == len(plans["classes"])
     assert "atlas" in plans["decisions"] and "queries" in plans["decisions"]
     assert plans["training"]["augmentation"]["p_mirror"] == 0.0  # a mirrored body contradicts the anchors
+    assert plans["training"]["augmentation"]["p_shift"] > 0 and "shift" in plans["decisions"]  # organs move on the input grid
     names = [c["name"] for c in plans["classes"]]
     assert sorted(plans["lateral_pairs"][0]) == sorted([names.index("kidney_left") + 1, names.index("kidney_right") + 1])
 

@@ -20,7 +20,11 @@ Reading choices (the extracted formulas are garbled in places):
   the p^3 coarse tokens covering its physical location (not window a mod count).
 - Every attention and every FFN (Linear-ReLU-Dropout-Linear-Dropout) is followed by residual + LayerNorm
   (post-norm). Queries and keys get the 3D sine encoding of their physical position (DETR style), values
-  not. The `bias` flag (paper: no bias) applies to the q/k/v projections, as Swin's qkv_bias.
+  not. `position="absolute"` (the paper's reading) encodes the position in the network input;
+  `position="window"` encodes it relative to the low corner of the window attended (for a cross-attention,
+  the coarse window's corner for the fine queries and the coarse keys alike), as Swin's relative position
+  bias makes window attention independent of where the window lies: the encoder then cannot tie a
+  feature to an absolute input position, which a small training set invites it to learn by heart. The `bias` flag (paper: no bias) applies to the q/k/v projections, as Swin's qkv_bias.
 - Parameters are separate per level (W^(l) in Eq. 1), per (l, m) cross-attention and per block (depth).
 """
 from __future__ import annotations
@@ -33,7 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dropout import FastDropout
-from .position import sine_position_encoding_3d
+from .position import level_coordinates, sine_encode, sine_position_encoding_3d
+
+#: How the MSA encoder encodes token positions (module docstring).
+POSITION_MODES = ("absolute", "window")
 
 Triple = tuple[int, int, int]
 
@@ -166,14 +173,17 @@ class MSABlock(nn.Module):
             nn.ModuleList(AttentionFFN(dim, heads, ffn_dim, dropout, bias) for _ in range(level)) for level in range(num_levels)
         )
 
-    def forward(self, windows, positions, valids, gather) -> list[torch.Tensor]:
+    def forward(self, windows, self_positions, cross_positions, valids, gather) -> list[torch.Tensor]:
+        """`self_positions[l]`: encoding of level l's tokens for its self-attention; `cross_positions[l][m]`:
+        (query encoding, key encoding) of level l's cross-attention to level m (broadcast over windows)."""
         outputs = []
         for level, x in enumerate(windows):
-            pos, valid = positions[level], valids[level]
+            pos, valid = self_positions[level], valids[level]
             x = self.self_attention[level](x, pos, x, pos, valid)
             for coarser in range(level):  # m = 1 .. l - 1 of Eq. 4, coarsest first
+                query_pos, key_pos = cross_positions[level][coarser]
                 x = self.cross_attention[level][coarser](
-                    x, pos, windows[coarser], positions[coarser], valids[coarser], gather[level][coarser]
+                    x, query_pos, windows[coarser], key_pos, valids[coarser], gather[level][coarser]
                 )
             outputs.append(x)
         return outputs
@@ -182,10 +192,14 @@ class MSABlock(nn.Module):
 class MSAEncoder(nn.Module):
     """MSA encoder: `depth` MSA blocks over L_h levels (coarsest first); outputs keep every level's shape."""
 
-    def __init__(self, num_levels: int, dim: int, patch_size: int, heads: int, depth: int, ffn_dim: int, dropout: float, bias: bool) -> None:
+    def __init__(self, num_levels: int, dim: int, patch_size: int, heads: int, depth: int, ffn_dim: int, dropout: float, bias: bool,
+                 position: str = "absolute") -> None:
         super().__init__()
+        if position not in POSITION_MODES:
+            raise ValueError(f"network.msa.position must be one of {POSITION_MODES}, got '{position}'")
         self.patch = int(patch_size)
         self.dim = dim
+        self.position = position
         self.blocks = nn.ModuleList(MSABlock(num_levels, dim, heads, ffn_dim, dropout, bias) for _ in range(depth))
 
     def forward(self, features: Sequence[torch.Tensor], strides: Sequence[Sequence[int]], input_shape: Sequence[int]) -> list[torch.Tensor]:
@@ -195,10 +209,6 @@ class MSAEncoder(nn.Module):
         shapes = [tuple(f.shape[2:]) for f in features]
         counts = [window_counts(s, patch) for s in shapes]
         windows = [window_partition(f.permute(0, 2, 3, 4, 1), patch) for f in features]
-        positions = [
-            window_partition(sine_position_encoding_3d(s, st, input_shape, self.dim, device=device, dtype=features[0].dtype)[None], patch)
-            for s, st in zip(shapes, strides)
-        ]
         valids = [window_valid_mask(s, patch, device) for s in shapes]
         gather = [
             [
@@ -207,6 +217,38 @@ class MSAEncoder(nn.Module):
             ]
             for fine in range(len(features))
         ]
+        if self.position == "absolute":
+            positions = [
+                window_partition(sine_position_encoding_3d(s, st, input_shape, self.dim, device=device, dtype=features[0].dtype)[None], patch)
+                for s, st in zip(shapes, strides)
+            ]
+            self_positions = positions
+            cross_positions = [[(positions[fine], positions[coarse]) for coarse in range(fine)] for fine in range(len(features))]
+        else:
+            self_positions, cross_positions = self._window_positions(shapes, strides, input_shape, counts, gather, features[0].dtype, device)
         for block in self.blocks:
-            windows = block(windows, positions, valids, gather)
+            windows = block(windows, self_positions, cross_positions, valids, gather)
         return [window_merge(w, s, patch).permute(0, 4, 1, 2, 3).contiguous() for w, s in zip(windows, shapes)]
+
+    def _window_positions(self, shapes, strides, input_shape, counts, gather, dtype, device):
+        """Encodings of `position="window"` (module docstring): a level's tokens relative to their own
+        window's low corner (the same `[1, 1, p^3, C]` for every window), and for a cross-attention from
+        level l to level m the level-l tokens relative to the low corner of the level-m window each
+        level-l window attends (`[1, nWin_l, p^3, C]`), with level m's own window-relative encoding."""
+        patch = self.patch
+        local = []
+        for stride in strides:
+            coordinates = level_coordinates((patch,) * 3, stride, input_shape, device)
+            local.append(window_partition(sine_encode(coordinates, self.dim)[None].to(dtype), patch))
+        cross = []
+        for fine, (shape, stride) in enumerate(zip(shapes, strides)):
+            absolute = window_partition(level_coordinates(shape, stride, input_shape, device)[None], patch)[0]  # [nWin, T, 3]
+            row = []
+            for coarse in range(fine):
+                step = torch.as_tensor([patch * s / n for s, n in zip(strides[coarse], input_shape)], device=device)
+                grid = torch.stack(torch.meshgrid(*[torch.arange(n, device=device) for n in counts[coarse]], indexing="ij"), -1)
+                corners = grid.reshape(-1, 3).float() * step  # [nWin_m, 3] low corner of each level-m window
+                relative = absolute - corners.index_select(0, gather[fine][coarse])[:, None, :]
+                row.append((sine_encode(relative, self.dim)[None].to(dtype), local[coarse]))
+            cross.append(row)
+        return local, cross

@@ -70,6 +70,7 @@ class OrganDETR(nn.Module):
         self.encoder = MSAEncoder(
             levels, hidden, int(msa["patch_size"]), int(msa["heads"]), int(msa["depth"]),
             int(msa.get("ffn_dim", 4 * hidden)), float(msa.get("dropout", 0.0)), bool(msa.get("bias", False)),
+            str(msa.get("position", "absolute")),
         )
         self.segmentation_head = SegmentationHead(hidden, num_classes, levels)
         self.mask_enhanced = anchors is not None and bool(network.get("mask_enhanced_anchors", False))

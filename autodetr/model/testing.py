@@ -46,7 +46,7 @@ def make_test_plans(
             "blocks_per_stage": [int(b) for b in blocks_per_stage],
             "num_feature_levels": num_feature_levels,
             "hidden_dim": hidden_dim,
-            "msa": {"patch_size": 2, "heads": msa_heads, "depth": msa_depth, "dropout": dropout, "bias": False, "ffn_dim": 2 * hidden_dim},
+            "msa": {"patch_size": 2, "heads": msa_heads, "depth": msa_depth, "dropout": dropout, "bias": False, "ffn_dim": 2 * hidden_dim, "position": "absolute"},
             "decoder": {"layers": decoder_layers, "heads": decoder_heads, "points": decoder_points, "ffn_dim": 2 * hidden_dim, "dropout": dropout},
             "queries": "learned",
             "num_queries": queries,

@@ -10,6 +10,11 @@ Pipeline (`training_transforms`), on whole padded volumes (patch = the plan's `i
    training benchmark's held-out phantoms, removing 42 mm from the top of a scan moved the predicted
    kidneys and pancreas by 3 to 7 mm without this. Off by default: in 20 CPU minutes it cost more than it
    gave (fold 0, p 0.5: mAP 0.269 against 0.277 over the 4 validation and 12 held-out phantoms).
+0b. Position (`ShiftTransform`): with probability `p_shift` a sample is moved by a random whole number of
+   voxels inside its padded input (per axis uniformly from 0 to the padding at the high end), so the
+   body and its organs do not always sit at the same input coordinates: the random patch position of
+   nnU-Net's and nnDetection's training, for whole-body inputs. The valid region and the exact boxes
+   move with it. Inference keeps the body at the low corner, one of the positions training sees.
 1. Spatial (`SpatialTransformPerSample`: batchgenerators' `augment_spatial`, `random_crop=False`,
    border mode constant with each sample's own minimum, i.e. the padded background): rotation (in the
    plane of axes 1 and 2 -- the axial plane, as the planner puts the coarsest axis first -- up to
@@ -103,6 +108,43 @@ class FieldOfViewCropTransform(AbstractTransform):
                 corners = exact[sample][0]
                 if np.any(corners[:, :3] < box[:3] - 1e-6) or np.any(corners[:, 3:] > box[3:] + 1e-6):
                     exact[sample] = None  # an organ was cut: its box is the visible part, from the label map
+        return batch
+
+
+class ShiftTransform(AbstractTransform):
+    """Move each sample inside its padded input by a random voxel offset (step 0b of the module docstring):
+    per axis uniformly in [0, input - valid high end], the vacated voxels set to the sample's minimum (the
+    padding value) and 0 in the label map; `valid_boxes` and `exact_boxes` move by the same offset."""
+
+    def __init__(self, p_per_sample: float) -> None:
+        self.p_per_sample = float(p_per_sample)
+
+    def __call__(self, **batch: Any) -> dict:
+        data, seg, valid = batch["data"], batch.get("seg"), batch.get("valid_boxes")
+        if valid is None:
+            return batch
+        exact = batch.get("exact_boxes")
+        shape = np.asarray(data.shape[2:])
+        for sample in range(data.shape[0]):
+            if not np.random.uniform() < self.p_per_sample:
+                continue
+            room = np.maximum(shape - np.ceil(np.asarray(valid[sample][3:])).astype(int), 0)
+            offset = np.array([np.random.randint(0, r + 1) for r in room])
+            if not offset.any():
+                continue
+            region = tuple(slice(0, int(n - o)) for n, o in zip(shape, offset))
+            moved = tuple(slice(int(o), None) for o in offset)
+            image = data[sample].copy()
+            data[sample] = image.min()
+            data[sample][(slice(None),) + moved] = image[(slice(None),) + region]
+            if seg is not None:
+                labels = seg[sample].copy()
+                seg[sample] = 0
+                seg[sample][(slice(None),) + moved] = labels[(slice(None),) + region]
+            valid[sample] = np.asarray(valid[sample]) + np.concatenate([offset, offset])
+            if exact is not None and exact[sample] is not None:
+                corners, values = exact[sample]
+                exact[sample] = (np.asarray(corners) + np.concatenate([offset, offset]), values)
         return batch
 
 
@@ -251,6 +293,8 @@ def training_transforms(plans: dict, augment: bool = True) -> Compose:
     if augment and options["enabled"]:
         if float(options["p_fov_crop"]) > 0:
             transforms.append(FieldOfViewCropTransform(float(options["p_fov_crop"]), options["fov_crop_fraction"]))
+        if float(options["p_shift"]) > 0:
+            transforms.append(ShiftTransform(float(options["p_shift"])))
         in_plane = math.radians(float(options["rotation_degrees"]))
         out_of_plane = math.radians(float(options["rotation_degrees_out_of_plane"]))
         transforms.append(SpatialTransformPerSample(
