@@ -133,8 +133,9 @@ def _fill(target: dict, defaults: Mapping[str, Any]) -> None:
 
 def upgrade(plans: dict) -> dict:
     """Bring a plans dict written by an older version up to date, in place: the query kind of plans
-    before class-anchored queries ("learned"), the backbone ("fpn"), the mask spread (0: off), the decoder's fine level (off), the MSA position encoding (absolute), the training and loss defaults, the number of input
-    channels, and eta where the plan did not store it."""
+    before class-anchored queries ("learned"), the backbone ("fpn"), the mask spread (0: off), the decoder's
+    fine level (off), the MSA position encoding (absolute), the training and loss defaults (the shift
+    augmentation off), the number of input channels, and eta where the plan did not store it."""
     network = plans.setdefault("network", {})
     network.setdefault("queries", "learned")
     network.setdefault("backbone", "fpn")

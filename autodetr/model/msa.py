@@ -24,7 +24,8 @@ Reading choices (the extracted formulas are garbled in places):
   `position="window"` encodes it relative to the low corner of the window attended (for a cross-attention,
   the coarse window's corner for the fine queries and the coarse keys alike), as Swin's relative position
   bias makes window attention independent of where the window lies: the encoder then cannot tie a
-  feature to an absolute input position, which a small training set invites it to learn by heart. The `bias` flag (paper: no bias) applies to the q/k/v projections, as Swin's qkv_bias.
+  feature to an absolute input position, which a small training set invites it to learn by heart.
+  The `bias` flag (paper: no bias) applies to the q/k/v projections, as Swin's qkv_bias.
 - Parameters are separate per level (W^(l) in Eq. 1), per (l, m) cross-attention and per block (depth).
 """
 from __future__ import annotations
