@@ -104,7 +104,7 @@ def profile_stages(model: Path, image: Path, folds: list[str], device: str) -> d
 
     stages = {}
     start = time.perf_counter()
-    predictor = EnsemblePredictor(select_folds(model, folds), device=device)
+    predictor = EnsemblePredictor(select_folds(model, folds), device=device, tta=False)  # the stages of one pass per fold
     stages["load_models_s"] = time.perf_counter() - start
     (case,) = discover_cases(image)
     start = time.perf_counter()
@@ -138,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch / OpenMP threads of autodetr_predict (OMP_NUM_THREADS); default: torch's own choice. "
                         "On a loaded shared machine 1 thread gives the steadiest numbers (idle OpenMP threads spin)")
-    parser.add_argument("--tta", action="store_true", help="also time --tta with all folds")
+    parser.add_argument("--tta", action="store_true",
+                        help="also time all folds with test-time copies (autodetr_predict's default); the other rows "
+                        "run with --disable-tta")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one, removed)")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -158,16 +160,16 @@ def main(argv: list[str] | None = None) -> int:
                 if not link.exists():
                     link.symlink_to(args.image.resolve())
             inputs[count] = folder
-        configurations = [("1 fold", [folds[0]], False), (f"{len(folds)} folds", folds, False)]
+        configurations = [("1 fold, no tta", [folds[0]], False), (f"{len(folds)} folds, no tta", folds, False)]
         if args.tta:
-            configurations.append((f"{len(folds)} folds + tta", folds, True))
+            configurations.append((f"{len(folds)} folds + tta (default)", folds, True))
         results = []
         for name, chosen, tta in configurations:
             row = {"configuration": name, "folds": chosen, "tta": tta}
             for count, folder in inputs.items():
-                output = work / f"out_{name.replace(' ', '_').replace('+', '')}_{count}"
+                output = work / f"out_{''.join(c if c.isalnum() else '_' for c in name)}_{count}"
                 arguments = ["-i", str(folder), "-o", str(output), "-m", str(model), "-f", *chosen, "-np", "1",
-                             "--device", args.device, "--no-progress"] + (["--tta"] if tta else [])
+                             "--device", args.device, "--no-progress"] + ([] if tta else ["--disable-tta"])
                 runs = []
                 for _ in range(args.repeats):
                     shutil.rmtree(output, ignore_errors=True)

@@ -22,6 +22,11 @@ prints those figures. 12 held-out cases add about a minute per row.
     python benchmarks/bench_training.py --minutes 20                 # the README's figures
     python benchmarks/bench_training.py --minutes 2 --rows atlas,dqm # a quick check
     python benchmarks/bench_training.py --minutes 20 --rows atlas,dqm --heldout 12
+    python benchmarks/bench_training.py --heldout 12 --reuse-trained # new prediction code, same trained folds
+
+`--reuse-trained` trains nothing where a row's fold 0 has finished (checkpoint_final.pt): it reruns that
+fold's final validation (`autodetr_train --val`) and the held-out prediction with the current code, and
+keeps the row's training figures (steps, it/s, peak memory) from its training run.
 
 Writes `<work>/bench_training.json` (or `--json`). Data and trained folds stay in `--work`
 (default benchmarks/output/bench_training).
@@ -90,6 +95,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="where to write the figures (default <work>/bench_training.json)")
     parser.add_argument("--heldout", type=int, default=0, metavar="N",
                         help="also score every row on N held-out full-size phantoms (default 0: validation cases only)")
+    parser.add_argument("--reuse-trained", action="store_true",
+                        help="do not retrain a row whose fold 0 finished: rerun its final validation (autodetr_train "
+                             "--val) and held-out prediction with the current code, keep its training figures")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="plans override passed to every trained row (repeatable)")
     args = parser.parse_args()
@@ -146,13 +154,18 @@ def trained_row(name: str, args: argparse.Namespace, plans_folder: Path) -> dict
     results = args.work / "results" / name
     env = dict(os.environ, AUTODETR_results=str(results), OMP_NUM_THREADS=str(args.threads))
     folder = results / plans_folder.parent.name / fold_folder(plans_folder.parent.name, FOLD, objective, plans_folder.name).parent.name / f"fold_{FOLD}"
-    shutil.rmtree(folder, ignore_errors=True)
     usage_file = args.work / f"rusage_{name}.json"
-    command = [sys.executable, "-c", CHILD, str(usage_file), str(DATASET_ID), str(FOLD), "--objective", objective,
-               "--device", args.device, "--max-minutes", str(args.minutes), "--seed", str(args.seed), "--no-progress-bar"]
+    reuse = args.reuse_trained and (folder / "checkpoint_final.pt").is_file() and usage_file.is_file()
+    if not reuse:
+        shutil.rmtree(folder, ignore_errors=True)
+    # a reused row's child only validates; its training run's memory figures stay in usage_file
+    child_usage = args.work / f"rusage_{name}_validation.json" if reuse else usage_file
+    command = [sys.executable, "-c", CHILD, str(child_usage), str(DATASET_ID), str(FOLD), "--objective", objective,
+               "--device", args.device, "--seed", str(args.seed), "--no-progress-bar"]
+    command += ["--val"] if reuse else ["--max-minutes", str(args.minutes)]
     if args.num_workers is not None:
         command += ["--num-workers", str(args.num_workers)]
-    for override in overrides + args.overrides:
+    for override in [] if reuse else overrides + args.overrides:
         command += ["--set", override]
     print(f"\n[{name}] running:", " ".join(command), flush=True)
     start = time.perf_counter()
@@ -171,7 +184,7 @@ def trained_row(name: str, args: argparse.Namespace, plans_folder: Path) -> dict
         peak_rss_mb=round(usage["self_mb"], 1), peak_rss_mb_workers=round(usage["children_mb"], 1),
         best_validation_mAP=_rounded(checkpoint.get("best_map")), validations=len(history["validation"]),
         final_train_loss=_rounded(history["train_loss"][-1]) if history["train_loss"] else None,
-        objective=objective, overrides=overrides + args.overrides, fold_folder=str(folder),
+        objective=objective, overrides=overrides + args.overrides, fold_folder=str(folder), reused_training=reuse,
         load_average_after=[round(v, 2) for v in os.getloadavg()],
     )
     return row

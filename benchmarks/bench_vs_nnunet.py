@@ -108,8 +108,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nnunet-disable-tta", action="store_true",
                         help="nnUNetv2_predict --disable_tta (default: nnU-Net's mirroring test-time augmentation, "
                              "its default)")
-    parser.add_argument("--autodetr-tta", action="store_true",
-                        help="autodetr_predict --tta (default: off, autodetr_predict's default)")
+    parser.add_argument("--autodetr-disable-tta", action="store_true",
+                        help="autodetr_predict --disable-tta (default: its test-time copies, autodetr_predict's default)")
     parser.add_argument("--objective", choices=["dqm", "hungarian", "drmm"], default="dqm",
                         help="autodetr training objective (default dqm, autodetr_train's default)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
@@ -215,8 +215,8 @@ def run_autodetr(args: argparse.Namespace, env: dict, dataset_folder: Path, logs
     shutil.rmtree(predictions, ignore_errors=True)
     predict = [command("autodetr_predict"), "-i", dataset_folder / "imagesTs", "-o", predictions, "-d", DATASET_ID,
                "-f", "all", "--device", "cpu", "-np", args.num_processes, "--no-progress"]
-    if args.autodetr_tta:
-        predict.append("--tta")
+    if args.autodetr_disable_tta:
+        predict.append("--disable-tta")
     stages["predict"] = run_measured(predict, env, logs / "autodetr_predict.log")
     tool["metrics"], stages["evaluate"] = evaluate(predictions, dataset_folder, args.work / "autodetr" / "evaluation")
 
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                      "size": args.size, "objective": args.objective, "nnunet_configuration": args.nnunet_configuration,
                      "nnunet_scores": args.nnunet_scores,
                      "nnunet_gpu_memory_target": args.nnunet_gpu_memory_target, "nnunet_tta": not args.nnunet_disable_tta,
-                     "autodetr_tta": args.autodetr_tta, "threads": args.threads, "num_workers": args.num_workers,
+                     "autodetr_tta": not args.autodetr_disable_tta, "threads": args.threads, "num_workers": args.num_workers,
                      "num_processes": args.num_processes, "seed": args.seed, "tools": args.tool_names},
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version()},

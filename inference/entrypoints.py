@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  autodetr_predict -i imagesTs -o predictions -d 500\n"
         "  autodetr_predict -i scan.nii.gz -o out -m $AUTODETR_results/Dataset500_Phantom/" + DEFAULT_MODEL + " -f 0\n"
-        "  autodetr_predict -i dicom_folder -o out --save-masks --tta --slicer\n"
+        "  autodetr_predict -i dicom_folder -o out --save-masks --slicer\n"
+        "  autodetr_predict -i imagesTs -o quick -d 500 --disable-tta      # one pass per fold\n"
         "  autodetr_predict -i imagesTs -o prior -d 500 --atlas-prior   # the baseline, same folds\n"
         + textwrap.fill("A case that fails is named on stderr with the reason; the others are still written, and the "
                         "exit code is 1 (2 for a problem with the whole command, e.g. no trained model). A rerun skips "
@@ -46,11 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", choices=sorted(CHECKPOINT_NAMES), default=None,
                         help="checkpoint of each fold: best (best validation), final (end of training) or last "
                         "(latest saved); default: best, else final, else last, per fold")
-    parser.add_argument("--tta", action="store_true",
-                        help="test-time augmentation: also predict the copy mirrored along the patient's left-right "
-                        "axis (the only mirror training uses), with left/right organ classes (plans lateral_pairs) "
-                        "swapped back, and fuse it with the folds (2x the time); nothing to add when the model was "
-                        "trained without mirroring")
+    parser.add_argument("--disable-tta", action="store_true",
+                        help="no test-time augmentation (as nnU-Net's --disable_tta). By default every fold also "
+                        "predicts the copies made with the transforms its training used: the case moved to "
+                        "8 offsets along the diagonal of its padding when training shifted cases (planned), and the "
+                        "copy mirrored along the patient's left-right axis, lateral classes (plans lateral_pairs) "
+                        "swapped back, when training mirrored; all copies are fused with the folds (up to 10 "
+                        "network passes per fold, a few seconds per case on a CPU)")
+    parser.add_argument("--tta", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("-np", "--num-processes", type=int, default=2,
                         help="worker processes that read and preprocess cases ahead of the prediction (default 2; "
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         args.num_processes = 1
     summary = predict(
         args.input, args.output, dataset=args.dataset, model=args.model, folds=args.folds, checkpoint=args.checkpoint,
-        device=args.device, tta=args.tta, num_processes=args.num_processes, save_masks=args.save_masks,
+        device=args.device, tta=not args.disable_tta, num_processes=args.num_processes, save_masks=args.save_masks,
         score_threshold=args.score_threshold, overwrite=args.overwrite, iou_threshold=args.iou_threshold,
         max_per_class=args.max_per_class, progress=not args.no_progress, slicer=args.slicer,
         atlas_prior=args.atlas_prior,

@@ -173,7 +173,8 @@ def test_predict_nifti_folder_writes_json_csv_and_masks(pipeline_env, tmp_path):
     pipeline = pipeline_env
     output = tmp_path / "out"
     # -d left out: the results root holds one dataset; default model autodetrTrainer_dqm__autodetrPlans, both folds
-    assert run_predict(["-i", str(pipeline.raw_folder / "imagesTs"), "-o", str(output), "--save-masks", "-np", "2"]) == 0
+    assert run_predict(["-i", str(pipeline.raw_folder / "imagesTs"), "-o", str(output), "--save-masks", "-np", "2",
+                        "--disable-tta"]) == 0
     plans = json.loads((pipeline.model_folder / "fold_0" / "plans.json").read_text())
     classes = {c["label_value"]: c["name"] for c in plans["classes"]}
     total = 0
@@ -270,6 +271,7 @@ def test_world_coordinates_with_a_non_identity_direction(pipeline, tmp_path, mon
     plans = json.loads((pipeline.model_folder / "fold_0" / "plans.json").read_text())
     index_of_value = {c["label_value"]: c["index"] for c in plans["classes"]}
     answers: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    copies: dict[str, int] = {}  # test-time copies per version: itself, the mirror and the shifts
     truth_world: dict[str, np.ndarray] = {}
     for name, (image, label_image) in versions.items():
         sitk.WriteImage(image, str(folder / f"{name}.mha"))
@@ -290,20 +292,31 @@ def test_world_coordinates_with_a_non_identity_direction(pipeline, tmp_path, mon
         mirrored_boxes = predict_api.mirror_boxes(in_preprocessed, [lateral], prepared.image.shape[1:])
         answers[hashlib.sha1(mirrored.tobytes()).hexdigest()] = (
             normalise_corners(mirrored_boxes, plans["input_size"]), predict_api.swap_lateral_labels(labels, plans["lateral_pairs"]))
+        # the shifted copies: the case moved inside its padding, its boxes with it
+        offsets = predict_api.shift_offsets(prepared.image.shape[1:], plans["input_size"])
+        assert len(offsets) == len(predict_api.SHIFT_FRACTIONS)  # the test cases leave room on every axis
+        copies[name] = 2 + len(offsets)
+        for offset in offsets:
+            shifted = predict_api.place_in_input(prepared.image, plans["input_size"], offset)
+            assert np.array_equal(shifted[(slice(None),) + tuple(slice(o, o + n) for o, n in zip(offset, prepared.image.shape[1:]))],
+                                  prepared.image)
+            answers[hashlib.sha1(shifted.tobytes()).hexdigest()] = (
+                normalise_corners(in_preprocessed + np.tile(offset, 2), plans["input_size"]), labels)
 
-    def oracle(self, member, padded, valid_shape):
+    def oracle(self, member, padded, valid_shape, offset=(0, 0, 0)):
         boxes, labels = answers[hashlib.sha1(np.ascontiguousarray(padded, dtype=np.float32).tobytes()).hexdigest()]
         return boxes, np.ones(len(labels)), labels
 
     monkeypatch.setattr(predict_api.EnsemblePredictor, "_forward", oracle)
-    predict_api.predict(folder, tmp_path / "oracle", model=str(pipeline.model_folder), num_processes=1, progress=False)
+    predict_api.predict(folder, tmp_path / "oracle", model=str(pipeline.model_folder), num_processes=1, progress=False,
+                        tta=False)
     summary = predict_api.predict(folder, tmp_path / "oracle_tta", model=str(pipeline.model_folder), num_processes=1,
-                                  progress=False, tta=True)
-    assert not summary.failed  # every mirrored copy was the one the oracle expected
+                                  progress=False)
+    assert not summary.failed  # every mirrored and shifted copy was one the oracle expected
     reference = None
     for result_folder, name in [(f, n) for f in ("oracle", "oracle_tta") for n in versions]:
         content = read_output(tmp_path / result_folder / f"{name}.json")
-        assert content["ensemble"]["members"] == (4 if result_folder == "oracle_tta" else 2)
+        assert content["ensemble"]["members"] == 2 * (copies[name] if result_folder == "oracle_tta" else 1)
         check_world_corners(content)
         world = {d["label_value"]: d["box_world_mm"] for d in content["detections"]}
         assert sorted(world) == [1, 3] and all(d["score"] == 1.0 for d in content["detections"])
@@ -316,7 +329,8 @@ def test_world_coordinates_with_a_non_identity_direction(pipeline, tmp_path, mon
             np.testing.assert_allclose(world[value]["max"], reference[value]["max"], atol=1e-3)
     monkeypatch.undo()
     # the trained model on the reoriented copy: geometry stored, world corners exact
-    predict_api.predict(folder / "PIL.mha", tmp_path / "model", model=str(pipeline.model_folder), num_processes=1, progress=False)
+    predict_api.predict(folder / "PIL.mha", tmp_path / "model", model=str(pipeline.model_folder), num_processes=1, progress=False,
+                        tta=False)
     content = read_output(tmp_path / "model" / "PIL.json")
     reoriented = versions["PIL"][0]
     assert content["direction"] == pytest.approx(list(reoriented.GetDirection()))
@@ -324,13 +338,30 @@ def test_world_coordinates_with_a_non_identity_direction(pipeline, tmp_path, mon
     check_world_corners(content)
 
 
-def test_tta_fuses_the_left_right_mirrored_copy(pipeline, tmp_path):
-    output = tmp_path / "tta"
-    assert run_predict(["-i", str(pipeline.test_images[0]), "-o", str(output), "-m", str(pipeline.model_folder),
-                        "-f", "0", "--tta", "-np", "1"]) == 0
-    content = read_output(output / f"{pipeline.test_images[0].name[:-len('_0000.nii.gz')]}.json")
-    assert content["tta"] is True and content["folds"] == ["0"] and content["ensemble"]["members"] == 2
-    check_world_corners(content)
+def test_tta_is_the_default_and_fuses_the_mirrored_and_shifted_copies(pipeline, tmp_path):
+    """By default (as nnU-Net) each fold also predicts the copies its training transforms make: the
+    left-right mirror (the pipeline's plans train with p_mirror > 0) and one copy per shift offset
+    (p_shift > 0); --disable-tta predicts the case alone."""
+    from autodetr.atomic_io import read_json
+    from autodetr.inference import predict_api
+    from autodetr.preprocessing.preprocess_case import preprocess_image
+    from autodetr.preprocessing.raw_dataset import Geometry
+
+    image_file = pipeline.test_images[0]
+    plans = read_json(pipeline.model_folder / "fold_0" / "plans.json")
+    assert plans["training"]["augmentation"]["p_mirror"] > 0 and plans["training"]["augmentation"]["p_shift"] > 0
+    image = sitk.ReadImage(str(image_file))
+    prepared = preprocess_image(sitk.GetArrayFromImage(image)[None].astype(np.float32), Geometry.from_image(image), plans)
+    offsets = predict_api.shift_offsets(prepared.image.shape[1:], plans["input_size"])
+    assert len(offsets) >= 4
+    case = image_file.name[:-len('_0000.nii.gz')]
+    for flags, tta, members in (([], True, 2 + len(offsets)), (["--disable-tta"], False, 1)):
+        output = tmp_path / f"tta_{tta}"
+        assert run_predict(["-i", str(image_file), "-o", str(output), "-m", str(pipeline.model_folder), "-f", "0", "-np", "1"]
+                           + flags) == 0
+        content = read_output(output / f"{case}.json")
+        assert content["tta"] is tta and content["folds"] == ["0"] and content["ensemble"]["members"] == members
+        check_world_corners(content)
 
 
 def test_broken_file_is_reported_others_written_and_rerun_skips_done(pipeline, tmp_path, capsys):
@@ -436,7 +467,7 @@ def test_atlas_prior_predictions_are_the_folds_prior_on_each_case(pipeline_env, 
 def test_predict_atlas_prior_fuses_the_chosen_folds_priors(pipeline_env, tmp_path, capsys):
     """`autodetr_predict --atlas-prior` over folds 0 and 1: per case one box per class, lying between the two
     folds' own prior boxes (fused as the fold models' boxes are), the files and boxes.csv of a normal
-    prediction; --tta with it is refused in one line."""
+    prediction; --checkpoint with it is refused in one line."""
     from autodetr.atomic_io import read_json
     from autodetr.planners.atlas import OrganAtlas, prior_detections_in_original
     from autodetr.preprocessing.restore import RestoreInfo
@@ -468,6 +499,6 @@ def test_predict_atlas_prior_fuses_the_chosen_folds_priors(pipeline_env, tmp_pat
         if len(candidates) == 2 and not np.allclose(candidates[0], candidates[1]):  # an average, not one fold's box
             assert not np.allclose(box, candidates[0]) and not np.allclose(box, candidates[1])
 
-    assert run_predict(["-i", str(folder), "-o", str(tmp_path / "tta"), "-m", model, "--atlas-prior", "--tta"]) == 2
+    assert run_predict(["-i", str(folder), "-o", str(tmp_path / "final"), "-m", model, "--atlas-prior", "--checkpoint", "final"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and "--atlas-prior" in error[0] and not (tmp_path / "tta").exists()
+    assert len(error) == 1 and "--atlas-prior" in error[0] and not (tmp_path / "final").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -293,3 +294,33 @@ def test_bad_input_is_one_line(dataset_env: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["999", "0", "--device", "cpu"])
     assert exit_info.value.code == 2
+
+
+def test_val_reruns_the_final_validation_and_keeps_the_checkpoints(dataset_env: Path) -> None:
+    """`autodetr_train DATASET FOLD --val` (nnU-Net's --val): the finished fold's final validation again,
+    with test-time copies as autodetr_predict; validation/ is rewritten with the same figures, no checkpoint
+    or plans file changes; refused in one line for a fold that has not finished."""
+    import hashlib
+
+    from autodetr.errors import InputError
+    from autodetr.training.entrypoints import main
+
+    folder = _train("0", epochs=1, iterations_per_epoch=2)
+    kept = ("checkpoint_last.pt", "checkpoint_best.pt", "checkpoint_final.pt", "plans.json", "arguments.json")
+    digest = {name: hashlib.sha1((folder / name).read_bytes()).hexdigest() for name in kept}
+    before = json.loads((folder / "validation" / "metrics.json").read_text())
+    assert before["tta"] is True
+    shutil.rmtree(folder / "validation")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(DATASET_ID), "0", "--val", "--device", "cpu", "--num-workers", "0", "--no-progress-bar"])
+    assert exit_info.value.code == 0
+    after = json.loads((folder / "validation" / "metrics.json").read_text())
+    assert {k: after[k] for k in ("mAP", "AP75", "mAR", "ECE", "epoch")} == {k: before[k] for k in ("mAP", "AP75", "mAR", "ECE", "epoch")}
+    splits = json.loads((Path(os.environ["AUTODETR_preprocessed"]) / folder.parent.parent.name / "splits_final.json").read_text())
+    assert sorted(p.stem for p in (folder / "validation").glob("*.json") if p.name != "metrics.json") == sorted(splits[0]["val"])
+    assert {name: hashlib.sha1((folder / name).read_bytes()).hexdigest() for name in kept} == digest
+    assert "validation only (--val)" in (folder / "training_log.txt").read_text()
+    with pytest.raises(InputError, match="--val"):
+        _train("1", validation_only=True)
+    with pytest.raises(InputError, match="--val"):
+        _train("0", validation_only=True, resume=True)

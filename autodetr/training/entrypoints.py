@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue from checkpoint_last.pt of the fold (model, optimizer, schedule, position, "
                              "RNG); the same seed gives the same losses as an uninterrupted run")
+    parser.add_argument("--val", action="store_true",
+                        help="train nothing: rerun the final validation of the fold's checkpoint_final.pt with the "
+                             "current prediction code and the fold's own plans (as nnU-Net's --val), rewriting "
+                             "validation/ (predictions, metrics.json, reliability.png); checkpoints stay as they are")
     parser.add_argument("--seed", type=int, default=0, help="random seed (model initialisation, batches, augmentation); default 0")
     parser.add_argument("--backbone", choices=list(BACKBONES), default=None,
                         help="replace the planned backbone")
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         learning_rate=arguments.lr, device=arguments.device, num_workers=arguments.num_workers,
         resume=arguments.resume, seed=arguments.seed, backbone=arguments.backbone, val_every=arguments.val_every,
         max_minutes=arguments.max_minutes, overrides=arguments.overrides,
-        progress_bar=not arguments.no_progress_bar,
+        progress_bar=not arguments.no_progress_bar, validation_only=arguments.val,
     )
     return 0
 

@@ -69,6 +69,7 @@ class RunOptions:
     val_every: int | None = None
     max_minutes: float | None = None
     progress_bar: bool = True
+    validation_only: bool = False
 
     def check(self) -> "RunOptions":
         """One InputError line naming the first option out of range."""
@@ -80,6 +81,8 @@ class RunOptions:
             raise InputError(f"--max-minutes must be positive, got {self.max_minutes}")
         if self.num_workers is not None and int(self.num_workers) < 0:
             raise InputError(f"--num-workers must be >= 0, got {self.num_workers}")
+        if self.validation_only and self.resume:
+            raise InputError("--val reruns the validation of a finished fold; it does not combine with --resume")
         return self
 
 
@@ -101,12 +104,14 @@ def train(
     max_minutes: float | None = None,
     overrides: Sequence[str] | dict | None = None,
     progress_bar: bool = True,
+    validation_only: bool = False,
 ) -> Path:
-    """Train one fold (see the module docstring); returns the fold folder. Under torchrun every rank
+    """Train one fold (see the module docstring); returns the fold folder. `validation_only`: train
+    nothing, rerun the final validation of the fold's checkpoint_final.pt (`autodetr_train --val`). Under torchrun every rank
     calls this; rank 0 writes the files. The keywords are grouped into `ScheduleOptions` and `RunOptions`
     for `train_fold`."""
     schedule = ScheduleOptions(epochs, iterations_per_epoch, batch_size, learning_rate)
-    run = RunOptions(device, num_workers, resume, seed, val_every, max_minutes, progress_bar)
+    run = RunOptions(device, num_workers, resume, seed, val_every, max_minutes, progress_bar, validation_only)
     return train_fold(dataset, fold, objective, plans_name, schedule, run, backbone, overrides)
 
 
@@ -123,7 +128,11 @@ def train_fold(dataset: str | int, fold: str | int, objective: str, plans_name: 
     plans_dir = preprocessed_root() / dataset_name / check_folder_name(plans_name, "plans")
     train_cases, val_cases = fold_cases(dataset_name, plans_dir, fold_value)
     output = fold_folder(dataset_name, fold_value, objective, plans_name)
-    plans = fold_plans(plans_dir, output, fold_value, train_cases, run.resume, backbone, overrides, schedule)
+    if run.validation_only and not (output / CHECKPOINT_NAMES["final"]).is_file():
+        raise InputError(f"--val: {output / CHECKPOINT_NAMES['final']} does not exist; the fold has not finished training")
+    # --val validates the fold as it was trained: its own plans
+    plans = fold_plans(plans_dir, output, fold_value, train_cases, run.resume or run.validation_only, backbone, overrides,
+                       schedule, require_last=not run.validation_only)
     planned = Plans.of(plans)
     info = distributed_from_environment()
     device_name = training_device(run.device, info)
@@ -141,7 +150,7 @@ def train_fold(dataset: str | int, fold: str | int, objective: str, plans_name: 
         output_folder=output, preprocessed_folder=plans_dir, train_cases=train_cases, val_cases=val_cases,
         objective=objective, fold_label=str(fold_value), device=device_name, num_workers=workers, seed=int(run.seed),
         resume=bool(run.resume), val_every=run.val_every, max_minutes=run.max_minutes, progress_bar=run.progress_bar,
-        distributed=info, arguments=arguments,
+        validation_only=run.validation_only, distributed=info, arguments=arguments,
     )
     return run_fold(plans, setup)
 
@@ -169,10 +178,11 @@ def fold_cases(dataset_name: str, plans_dir: Path, fold: int | str) -> tuple[lis
 
 
 def fold_plans(plans_dir: Path, output: Path, fold: int | str, train_cases: Sequence[str], resume: bool,
-               backbone: str | None, overrides: Sequence[str] | dict | None, schedule: ScheduleOptions) -> dict:
+               backbone: str | None, overrides: Sequence[str] | dict | None, schedule: ScheduleOptions,
+               require_last: bool = True) -> dict:
     """The plans a fold trains with: the dataset's plans (or, resuming, the fold's own), upgraded, with the
     backbone, `--set` overrides and schedule options applied, and the atlas of the fold's training cases."""
-    if resume and not (output / CHECKPOINT_NAMES["last"]).is_file():
+    if resume and require_last and not (output / CHECKPOINT_NAMES["last"]).is_file():
         raise InputError(f"--resume: {output / CHECKPOINT_NAMES['last']} does not exist; train without --resume first")
     # resuming continues with the plans the fold was trained with; new overrides apply on top
     base = read_json(output / "plans.json") if resume and (output / "plans.json").is_file() else read_json(plans_dir / "plans.json")
@@ -212,7 +222,7 @@ def run_fold(plans: dict, setup) -> Path:
 
     init_distributed(setup.distributed, torch.device(setup.device))
     try:
-        if setup.distributed.is_main:
+        if setup.distributed.is_main and not setup.validation_only:  # --val keeps the fold's own files
             output = Path(setup.output_folder)
             output.mkdir(parents=True, exist_ok=True)
             write_json(output / "plans.json", plans)

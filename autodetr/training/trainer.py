@@ -75,6 +75,7 @@ class TrainingSetup:
     val_every: int | None = None  # None: automatic
     max_minutes: float | None = None
     progress_bar: bool = True
+    validation_only: bool = False  # rerun the final validation of checkpoint_final.pt, train nothing
     distributed: DistributedInfo = field(default_factory=DistributedInfo)
     arguments: dict = field(default_factory=dict)
 
@@ -454,6 +455,8 @@ class Trainer:
 
     def run(self) -> Path:
         self._build()
+        if self.setup.validation_only:
+            return self._validate_final_checkpoint()
         if self.setup.resume:
             self._resume()
         elif self.is_main:
@@ -499,6 +502,24 @@ class Trainer:
         if self.is_main:
             self.log(f"done: {self.global_step} optimizer steps, best validation mAP "
                      f"{self.best_map if math.isfinite(self.best_map) else float('nan'):.4f}, {self._elapsed() / 60:.1f} min")
+        return self.output
+
+    def _validate_final_checkpoint(self) -> Path:
+        """`autodetr_train --val`: the final validation of checkpoint_final.pt again, with the current
+        inference code (as nnU-Net's `--val`); validation/ is rewritten, no checkpoint is touched."""
+        path = self.output / CHECKPOINT_NAMES["final"]
+        content = load_checkpoint(path)
+        if content.get("objective") not in (None, self.setup.objective):
+            raise InputError(f"{path}: trained with objective {content.get('objective')}, not {self.setup.objective}")
+        try:
+            self.network.load_state_dict(content["model"])
+        except RuntimeError as error:
+            raise InputError(f"{path}: the checkpoint does not fit the network of the fold's plans ({error})") from error
+        self.history = content.get("history") or empty_history()
+        self.global_step = int(content.get("global_step", 0))
+        if self.is_main:
+            self.log(f"validation only (--val): {path.name}, {self.global_step} optimizer steps")
+            self._validate(max(int(content["epoch"]) - 1, 0), True, 0.0, save_best=False)
         return self.output
 
     def _end_of_epoch(self, epoch: int, final: bool, train_seconds: float) -> None:
@@ -559,15 +580,16 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------- validation
     @torch.no_grad()
-    def predict_case(self, files: CaseFiles) -> dict[str, Any]:
+    def predict_case(self, files: CaseFiles, tta: bool = False) -> dict[str, Any]:
         """Detections of one preprocessed case in original-image voxels (and the case's ground truth), by
-        the inference predictor on the live network (`EnsemblePredictor.from_network`)."""
+        the inference predictor on the live network (`EnsemblePredictor.from_network`; with `tta`, its
+        test-time copies as `autodetr_predict` makes them by default)."""
         from autodetr.preprocessing.restore import RestoreInfo
 
         case = load_case(files.npz)
         restore = RestoreInfo.from_json(read_json(files.restore_json)["restore"])
         self.network.eval()
-        result = self.predictor.predict_preprocessed(case["image"], restore.geometry)
+        result = self.predictor(tta).predict_preprocessed(case["image"], restore.geometry)
         original = restore.boxes_in_original(result["boxes"])
         labels = [self.label_value[int(c)] for c in result["labels"]]
         gt = restore.preprocessed_to_original(case["boxes"]) if len(case["boxes"]) else np.zeros((0, 6))
@@ -576,15 +598,15 @@ class Trainer:
                 "labels": np.asarray(labels, dtype=np.int64), "gt_boxes": gt, "gt_labels": np.asarray(gt_labels, dtype=np.int64),
                 "restore": restore}
 
-    @property
-    def predictor(self):
-        """The inference predictor of the live network (built once)."""
-        if getattr(self, "_predictor", None) is None:
+    def predictor(self, tta: bool = False):
+        """The inference predictor of the live network, with or without test-time copies (built once each)."""
+        predictors = self.__dict__.setdefault("_predictors", {})
+        if tta not in predictors:
             from autodetr.inference.predict_api import EnsemblePredictor
 
             model = self.network.module if hasattr(self.network, "module") else self.network
-            self._predictor = EnsemblePredictor.from_network(model, self.plans, self.setup.objective, self.device)
-        return self._predictor
+            predictors[tta] = EnsemblePredictor.from_network(model, self.plans, self.setup.objective, self.device, tta=tta)
+        return predictors[tta]
 
     def atlas_prior_metrics(self) -> dict:
         """The atlas prior's validation metrics on this fold (`atlas_prior_metrics`)."""
@@ -599,15 +621,15 @@ class Trainer:
         self.log("atlas prior (median box per class from this fold's training cases, image not looked at) on the "
                  "validation cases: " + " ".join(f"{k} {v:.4f}" for k, v in entry.items()))
 
-    def _validate(self, epoch: int, final: bool, train_seconds: float) -> dict:
+    def _validate(self, epoch: int, final: bool, train_seconds: float, save_best: bool = True) -> dict:
         from autodetr.evaluation.api import CaseResult, evaluate_cases, write_metrics
         from autodetr.prediction_files import write_prediction
 
         started = time.monotonic()
         folder = self.output / "validation"
         cases = []
-        for files in self.val_files:
-            result = self.predict_case(files)
+        for files in self.val_files:  # the final validation predicts as autodetr_predict does: with TTA
+            result = self.predict_case(files, tta=final)
             cases.append(CaseResult(result["case"], result["gt_boxes"], result["gt_labels"], result["boxes"],
                                     result["scores"], result["labels"]))
             if final:
@@ -625,6 +647,7 @@ class Trainer:
         if final:
             metrics["epoch"] = epoch + 1
             metrics["checkpoint"] = CHECKPOINT_NAMES["final"]
+            metrics["tta"] = True
             write_metrics(metrics, folder)
         entry = {"epoch": epoch + 1, "mAP": _number(metrics.get("mAP")), "AP50": _number(metrics.get("AP50")),
                  "AP75": _number(metrics.get("AP75")), "mAR": _number(metrics.get("mAR")),
@@ -632,13 +655,13 @@ class Trainer:
         self.history["validation"].append(entry)
         self.log(f"validation after epoch {epoch + 1}: mAP {entry['mAP']:.4f} AP50 {entry['AP50']:.4f} "
                  f"AP75 {entry['AP75']:.4f} mAR {entry['mAR']:.4f} ECE {entry['ECE']:.4f} "
-                 f"({len(cases)} cases, {seconds:.1f} s)" + (" [final, predictions in validation/]" if final else ""))
+                 f"({len(cases)} cases, {seconds:.1f} s)" + (" [final, with test-time copies as autodetr_predict, predictions in validation/]" if final else ""))
         if self.val_every is None and self.setup.val_every is None and train_seconds > 0 and not final:
             self.val_every = max(1, math.ceil(seconds / (VALIDATION_TIME_FRACTION * train_seconds)))
             self.log(f"validation every {self.val_every} epoch(s) (validation {seconds:.1f} s, epoch {train_seconds:.1f} s: "
                      f"at most {VALIDATION_TIME_FRACTION:.0%} of the time)")
         value = entry["mAP"]
-        if math.isfinite(value) and value > self.best_map:
+        if save_best and math.isfinite(value) and value > self.best_map:
             self.best_map = value
             self._save(CHECKPOINT_NAMES["best"])
             self.log(f"new best validation mAP {value:.4f}: checkpoint_best.pt")
