@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="phantom size: full (realistic, 0.6-1 mm in-plane) or small (coarse, seconds) (default full)")
     parser.add_argument("--num-cases", type=int, default=DEFAULT_NUM_CASES,
                         help=f"phantom training cases (default {DEFAULT_NUM_CASES}; about 35 MB each on disk at full size; "
-                        "fewer cases train a worse detector, e.g. 16 cases and 10 minutes: held-out mAP 0.30)")
+                        "fewer cases train a worse detector, e.g. 16 cases and 10 minutes: held-out mAP 0.39)")
     parser.add_argument("--num-test-cases", type=int, default=4, help="held-out phantom cases to predict and evaluate (default 4)")
     parser.add_argument("--image", type=Path, help="also predict this image (file, folder or DICOM folder), e.g. a real CT")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
