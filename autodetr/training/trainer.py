@@ -252,8 +252,10 @@ class Trainer:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def _resume(self) -> None:
-        path = self.output / CHECKPOINT_NAMES["last"]
+    def _load_network(self, name: str) -> dict:
+        """The fold's checkpoint `name` read and its weights loaded into the network; one InputError line
+        when it was trained with another objective or does not fit the network of the plans."""
+        path = self.output / name
         content = load_checkpoint(path)
         if content.get("objective") not in (None, self.setup.objective):
             raise InputError(f"{path}: trained with objective {content.get('objective')}, not {self.setup.objective}")
@@ -261,6 +263,11 @@ class Trainer:
             self.network.load_state_dict(content["model"])
         except RuntimeError as error:
             raise InputError(f"{path}: the checkpoint does not fit the network of the current plans ({error})") from error
+        return content
+
+    def _resume(self) -> None:
+        path = self.output / CHECKPOINT_NAMES["last"]
+        content = self._load_network(CHECKPOINT_NAMES["last"])
         self.optimizer.load_state_dict(content["optimizer"])
         self.schedule.load_state_dict(content.get("scheduler", {}))
         if content.get("scaler"):
@@ -508,13 +515,7 @@ class Trainer:
         """`autodetr_train --val`: the final validation of checkpoint_final.pt again, with the current
         inference code (as nnU-Net's `--val`); validation/ is rewritten, no checkpoint is touched."""
         path = self.output / CHECKPOINT_NAMES["final"]
-        content = load_checkpoint(path)
-        if content.get("objective") not in (None, self.setup.objective):
-            raise InputError(f"{path}: trained with objective {content.get('objective')}, not {self.setup.objective}")
-        try:
-            self.network.load_state_dict(content["model"])
-        except RuntimeError as error:
-            raise InputError(f"{path}: the checkpoint does not fit the network of the fold's plans ({error})") from error
+        content = self._load_network(CHECKPOINT_NAMES["final"])
         self.history = content.get("history") or empty_history()
         self.global_step = int(content.get("global_step", 0))
         if self.is_main:
