@@ -177,7 +177,7 @@ def training_mirrored_left_right(plans: dict) -> bool:
 def training_shifted(plans: dict) -> bool:
     """Whether the trainer's augmentation moved cases inside their padding (`p_shift` > 0)."""
     options = Plans.of(plans).augmentation
-    return bool(options["enabled"]) and float(options.get("p_shift", 0.0)) > 0
+    return bool(options["enabled"]) and float(options["p_shift"]) > 0
 
 
 #: Where the shifted test-time copies place the case, as fractions of the free room per axis (room =

@@ -201,6 +201,7 @@ class Trainer:
         self.accumulator = self._empty_accumulator()
         self.val_every = setup.val_every
         self.final_done = False  # final validation and checkpoint_final.pt written for the current position
+        self._predictors: dict[bool, Any] = {}  # inference predictors of the live network, by tta
         self.start_time = time.monotonic()
 
     # ------------------------------------------------------------------------------------------ setup
@@ -601,7 +602,7 @@ class Trainer:
 
     def predictor(self, tta: bool = False):
         """The inference predictor of the live network, with or without test-time copies (built once each)."""
-        predictors = self.__dict__.setdefault("_predictors", {})
+        predictors = self._predictors
         if tta not in predictors:
             from autodetr.inference.predict_api import EnsemblePredictor
 
