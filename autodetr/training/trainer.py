@@ -267,8 +267,8 @@ class Trainer:
         return content
 
     def _resume(self) -> None:
-        path = self.output / CHECKPOINT_NAMES["last"]
-        content = self._load_network(CHECKPOINT_NAMES["last"])
+        name = CHECKPOINT_NAMES["last"]
+        content = self._load_network(name)
         self.optimizer.load_state_dict(content["optimizer"])
         self.schedule.load_state_dict(content.get("scheduler", {}))
         if content.get("scaler"):
@@ -285,7 +285,7 @@ class Trainer:
             self.val_every = int(content["val_every_auto"])
         if "rng" in content and self.dist.rank == 0:
             restore_rng_state(content["rng"])
-        self.log(f"resumed from {path.name}: epoch {self.epoch + 1}, {self.iteration}/{self.iterations} iterations of it "
+        self.log(f"resumed from {name}: epoch {self.epoch + 1}, {self.iteration}/{self.iterations} iterations of it "
                  f"done, {self.global_step} optimizer steps so far")
 
     # ------------------------------------------------------------------------------------- checkpoints
@@ -515,12 +515,12 @@ class Trainer:
     def _validate_final_checkpoint(self) -> Path:
         """`autodetr_train --val`: the final validation of checkpoint_final.pt again, with the current
         inference code (as nnU-Net's `--val`); validation/ is rewritten, no checkpoint is touched."""
-        path = self.output / CHECKPOINT_NAMES["final"]
-        content = self._load_network(CHECKPOINT_NAMES["final"])
+        name = CHECKPOINT_NAMES["final"]
+        content = self._load_network(name)
         self.history = content.get("history") or empty_history()
         self.global_step = int(content.get("global_step", 0))
         if self.is_main:
-            self.log(f"validation only (--val): {path.name}, {self.global_step} optimizer steps")
+            self.log(f"validation only (--val): {name}, {self.global_step} optimizer steps")
             self._validate(max(int(content["epoch"]) - 1, 0), True, 0.0, save_best=False)
         return self.output
 
