@@ -508,8 +508,8 @@ class Trainer:
         finally:
             _shutdown(augmenter)
         if self.is_main:
-            self.log(f"done: {self.global_step} optimizer steps, best validation mAP "
-                     f"{self.best_map if math.isfinite(self.best_map) else float('nan'):.4f}, {self._elapsed() / 60:.1f} min")
+            best = f"best validation mAP {self.best_map:.4f}" if math.isfinite(self.best_map) else "no validation"
+            self.log(f"done: {self.global_step} optimizer steps, {best}, {self._elapsed() / 60:.1f} min")
         return self.output
 
     def _validate_final_checkpoint(self) -> Path:
