@@ -9,6 +9,7 @@ from autodetr.boxes import boxes_from_label_map, denormalise_centre
 from autodetr.training.augmentation import (
     DetectionTargetsTransform,
     LateralMirrorTransform,
+    SpatialTransformPerSample,
     training_transforms,
 )
 from autodetr.training.dataset import left_right_axis, pad_to_input
@@ -103,6 +104,52 @@ def test_boxes_after_augmentation_match_the_augmented_seg() -> None:
             corners = denormalise_centre(out["target_boxes"][sample], plans["input_size"])
             np.testing.assert_allclose(corners, expected_boxes, atol=1e-4)
             assert out["target_boxes"][sample].dtype == np.float32
+
+
+def test_rotation_and_scaling_resample_as_batchgenerators_does() -> None:
+    """The affine path maps every output voxel to the input position that batchgenerators' rotated and
+    scaled coordinate grid gives it (the mapping the trainer has always used), for the image (linear, the
+    sample's minimum outside) and the label map (nearest, 0 outside)."""
+    from batchgenerators.augmentations.utils import create_zero_centered_coordinate_mesh, rotate_coords_3d, scale_coords
+    from scipy.ndimage import map_coordinates
+
+    image, labels = lps_volume((14, 18, 20))
+    image = image + np.random.default_rng(0).normal(0, 0.1, image.shape).astype(np.float32)
+    patch = (16, 20, 24)
+    transform = SpatialTransformPerSample(patch, do_rotation=True, angle_x=(-0.4, 0.4), angle_y=(-0.1, 0.1),
+                                          angle_z=(-0.1, 0.1), p_rot_per_sample=1.0, do_scale=True, scale=(0.85, 1.15),
+                                          p_scale_per_sample=1.0, order_data=1)
+    for seed in range(3):
+        np.random.seed(seed)
+        elastic, matrix = transform._draw()
+        assert not elastic and matrix is not None and not np.allclose(matrix, np.identity(3))
+        np.random.seed(seed)
+        np.random.uniform()  # the rotation draw
+        angles = [np.random.uniform(-0.4, 0.4), np.random.uniform(-0.1, 0.1), np.random.uniform(-0.1, 0.1)]
+        np.random.uniform()  # the scale draw
+        factor = np.random.uniform(0.85, 1) if np.random.random() < 0.5 else np.random.uniform(1, 1.15)
+        coords = scale_coords(rotate_coords_3d(create_zero_centered_coordinate_mesh(patch), *angles), factor)
+        for axis in range(3):
+            coords[axis] += image.shape[axis] / 2.0 - 0.5
+        expected_image = map_coordinates(image.astype(float), coords, order=1, mode="constant", cval=float(image.min()))
+        expected_labels = map_coordinates(labels.astype(float), coords, order=0, mode="constant", cval=0.0)
+        np.testing.assert_allclose(transform._affine(image, matrix, 1, float(image.min())), expected_image, atol=1e-4)
+        assert np.mean(transform._affine(labels, matrix, 0, 0.0) != expected_labels) < 1e-3  # ties at exact halves
+
+
+def test_samples_without_a_spatial_draw_pass_through_untouched() -> None:
+    transform = SpatialTransformPerSample((16, 20, 24), do_rotation=True, angle_x=(-0.2, 0.2), angle_y=(0.0, 0.0),
+                                          angle_z=(0.0, 0.0), p_rot_per_sample=0.0, do_scale=True, scale=(0.9, 1.1),
+                                          p_scale_per_sample=0.0, do_elastic_deform=True, alpha=(0.0, 100.0),
+                                          sigma=(9.0, 13.0), p_el_per_sample=0.0, order_data=1)
+    image, labels = lps_volume()
+    batch = {"data": image[None, None].copy(), "seg": labels[None, None].copy(),
+             "valid_boxes": np.asarray([[0.0, 0.0, 0.0, 12.0, 20.0, 24.0]]), "exact_boxes": [("boxes", "classes")]}
+    out = transform(**batch)
+    np.testing.assert_array_equal(out["data"][0, 0], image)
+    np.testing.assert_array_equal(out["seg"][0, 0], labels)
+    np.testing.assert_array_equal(out["valid_boxes"][0], [0, 0, 0, 12, 20, 24])
+    assert out["exact_boxes"][0] == ("boxes", "classes")
 
 
 def test_unmoved_samples_keep_the_exact_boxes_moved_ones_use_the_label_map() -> None:
