@@ -15,12 +15,13 @@ Pipeline (`training_transforms`), on whole padded volumes (patch = the plan's `i
    body and its organs do not always sit at the same input coordinates: the random patch position of
    nnU-Net's and nnDetection's training, for whole-body inputs. The valid region and the exact boxes
    move with it. Inference keeps the body at the low corner, one of the positions training sees.
-1. Spatial (`SpatialTransformPerSample`: batchgenerators' `augment_spatial`, `random_crop=False`,
-   border mode constant with each sample's own minimum, i.e. the padded background): rotation (in the
+1. Spatial (`SpatialTransformPerSample`: the draws and mapping of batchgenerators' `augment_spatial`,
+   `random_crop=False`, border mode constant with each sample's own minimum, i.e. the padded background;
+   untouched samples pass through, rotated / scaled ones are resampled with one affine transform): rotation (in the
    plane of axes 1 and 2 -- the axial plane, as the planner puts the coarsest axis first -- up to
    `rotation_degrees`, about the other two axes up to `rotation_degrees_out_of_plane`), isotropic
-   scaling in `scale_range`, elastic deformation (`elastic_alpha`, `elastic_sigma`), each with its
-   probability. Image interpolation is linear (`order_data` 1: cubic costs about twice as much on a CPU
+   scaling in `scale_range`, elastic deformation (`elastic_alpha`, `elastic_sigma`; the planner turns it
+   off, as nnU-Net v2's default trainer), each with its probability. Image interpolation is linear (`order_data` 1: cubic costs about twice as much on a CPU
    and adds little at these resolutions); the label map uses nearest-neighbour interpolation.
 2. Left-right mirror with label swap (`LateralMirrorTransform`): with probability `p_mirror` the volume
    is flipped along the case's left-right axis (the image x axis, found through `transpose_forward`
