@@ -277,7 +277,8 @@ def plan_recipe(budget: dict, preset: str, box_annotations: bool, decisions: dic
         f"training.augmentation.p_elastic {ELASTIC_PROBABILITY}: no elastic deformation, as nnU-Net v2's default "
         "trainer; rotation and scaling stay. On the cpu preset an elastic sample costs about 0.22 s of augmentation "
         "(a training step of batch 2 about 0.4 s), and 2.5-minute probes of fold 0 of the training benchmark made "
-        "335 steps without it against 300 with p 0.1 (2 threads)"
+        "335 steps without it against 300 with p 0.1 (2 threads); with it off and the faster rotation and scaling, the 20-minute benchmark's dqm row went from 2085 "
+        "to 2556 steps and from held-out mAP 0.525 / mAR 0.563 to 0.566 / 0.597"
     )
     decisions["batch_size"] = f"{preset} preset"
     if box_annotations:
