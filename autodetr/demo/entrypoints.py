@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("autodetr_demo_output"),
                         help="output folder for everything (default ./autodetr_demo_output); the AUTODETR_* roots are set inside it")
     parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
-                        help=f"training time budget in minutes (default {DEFAULT_MINUTES:g}; the demo takes about 10 minutes more "
+                        help=f"training time budget in minutes (default {DEFAULT_MINUTES:g}; the demo takes about 5 minutes more "
                         "for data, planning and prediction with the default cases on a 2-core CPU)")
     parser.add_argument("--size", choices=["small", "full"], default="full",
                         help="phantom size: full (realistic, 0.6-1 mm in-plane) or small (coarse, seconds) (default full)")
