@@ -198,18 +198,15 @@ class SpatialTransformPerSample(AbstractTransform):
         return ndimage.affine_transform(image, matrix, offset=centre_in - matrix @ centre_out, output_shape=tuple(self.patch_size),
                                         output=np.float32, order=order, mode="constant", cval=cval)
 
-    def _transform(self, data: np.ndarray, seg: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None] | None:
-        """One sample `data [1, C, ...]`, `seg [1, K, ...]` -> transformed arrays; None when it stays as it is."""
-        elastic, matrix = self._draw()
+    def _transform(self, data: np.ndarray, seg: np.ndarray | None, elastic: bool,
+                   matrix: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """One sample `data [1, C, ...]`, `seg [1, K, ...]` with the drawn `(elastic, matrix)` -> transformed arrays."""
         cval = float(data.min())
         if elastic:
             options = dict(self.options, p_el_per_sample=1.0)
             return augment_spatial(data, seg, self.patch_size, border_mode_data="constant", border_cval_data=cval,
                                    border_mode_seg="constant", border_cval_seg=0, order_seg=0, random_crop=False, **options)
-        if matrix is None and list(data.shape[2:]) == self.patch_size:
-            return None
-        if matrix is None:
-            matrix = np.identity(3)
+        matrix = np.identity(3) if matrix is None else matrix
         order = int(self.options.get("order_data", 3))
         out_data = np.stack([self._affine(channel, matrix, order, cval) for channel in data[0]])[None]
         out_seg = None if seg is None else np.stack([self._affine(channel, matrix, 0, 0.0) for channel in seg[0]])[None]
@@ -221,17 +218,17 @@ class SpatialTransformPerSample(AbstractTransform):
         out_data = np.empty((data.shape[0], data.shape[1], *self.patch_size), dtype=np.float32)
         out_seg = None if seg is None else np.empty((seg.shape[0], seg.shape[1], *self.patch_size), dtype=np.float32)
         for sample in range(data.shape[0]):
+            elastic, matrix = self._draw()
+            if not elastic and matrix is None and list(data.shape[2:]) == self.patch_size:
+                out_data[sample] = data[sample]  # untouched: same arrays, exact boxes and valid region
+                if out_seg is not None:
+                    out_seg[sample] = seg[sample]
+                continue
             sample_seg = None if seg is None else seg[sample:sample + 1]
             if valid is not None:  # the valid (unpadded) region travels as an extra label channel
                 mask = box_mask(valid[sample], data.shape[2:])[None, None]
                 sample_seg = mask if sample_seg is None else np.concatenate([sample_seg, mask.astype(sample_seg.dtype)], axis=1)
-            transformed = self._transform(data[sample:sample + 1], sample_seg)
-            if transformed is None:  # untouched: same arrays, exact boxes and valid region
-                out_data[sample] = data[sample]
-                if out_seg is not None:
-                    out_seg[sample] = seg[sample]
-                continue
-            sample_data, sample_seg = transformed
+            sample_data, sample_seg = self._transform(data[sample:sample + 1], sample_seg, elastic, matrix)
             out_data[sample] = sample_data[0]
             exact = batch.get("exact_boxes")
             if exact is not None and seg is not None and not np.array_equal(sample_seg[0, :seg.shape[1]], seg[sample]):
