@@ -58,7 +58,7 @@ from autodetr.paths import CHECKPOINT_PREFERENCE
 from autodetr.plans import QUERY_KINDS, Plans
 
 __all__ = [
-    "OBJECTIVES", "QUERY_KINDS", "CHECKPOINT_PREFERENCE", "query_kind", "plan_atlas", "initial_score_logits", "build_detector",
+    "OBJECTIVES", "QUERY_KINDS", "CHECKPOINT_PREFERENCE", "query_kind", "fused_queries_of", "plan_atlas", "initial_score_logits", "build_detector",
     "build_criterion", "detect", "to_original_voxels", "load_trained_detector", "find_checkpoint",
 ]
 
@@ -79,6 +79,15 @@ SPREAD_SLOT_LOGIT_OFFSET = 2.0
 def query_kind(plans: dict[str, Any]) -> str:
     """`network.queries` (`autodetr.plans.Plans.query_kind`; "learned" for plans written before the key)."""
     return Plans.of(plans).query_kind
+
+
+def fused_queries_of(plans: dict[str, Any], objective: str) -> int:
+    """How many queries of a class group inference fuses into the class's box: the number training matched
+    to each organ, 1 + eta with DQM on class-anchored queries (Organ-DETR Eq. 5), else 1 (the best query)."""
+    planned = Plans.of(plans)
+    if check_objective(objective) == "dqm" and planned.query_kind == "class_anchored":
+        return 1 + planned.eta
+    return 1
 
 
 def plan_atlas(plans: dict[str, Any]):
@@ -169,10 +178,13 @@ def build_criterion(plans: dict[str, Any], objective: str = "dqm") -> nn.Module:
 
 
 @torch.no_grad()
-def detect(outputs: dict[str, Any], objective: str = "dqm", max_per_class: int = 1) -> list[dict[str, torch.Tensor]]:
+def detect(outputs: dict[str, Any], objective: str = "dqm", max_per_class: int = 1,
+           fused_queries: int = 1) -> list[dict[str, torch.Tensor]]:
     """Detections of a batch of network outputs, one dict per sample: `boxes` [K, 6] normalised centre
     boxes (relative to the network input), `scores` [K] in [0, 1], `labels` [K] int64 in 1..C (class
     indices of the plan). The best `max_per_class` queries per class (organs: 1), no threshold, no NMS.
+    Class-anchored queries with `fused_queries` k > 1 give each class the score-weighted box of its
+    group's k best queries (`fused_queries_of`, `autodetr.losses.grouped.select_grouped_detections`).
     Tensors are float32 / int64 on the CPU."""
     check_objective(objective)
     if objective == "drmm":
@@ -184,7 +196,7 @@ def detect(outputs: dict[str, Any], objective: str = "dqm", max_per_class: int =
     elif "pred_objectness" in outputs:
         from autodetr.losses.grouped import select_grouped_detections
 
-        selected = select_grouped_detections(outputs, max_per_class=max_per_class)
+        selected = select_grouped_detections(outputs, max_per_class=max_per_class, fused_queries=fused_queries)
     else:
         from autodetr.model.postprocess import select_detections
 

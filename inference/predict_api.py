@@ -317,7 +317,7 @@ class EnsemblePredictor:
         """Detections of one padded input; `valid_shape` is the case's unpadded shape, placed at `offset`."""
         import torch
 
-        from autodetr.detector import detect
+        from autodetr.detector import detect, fused_queries_of
         from autodetr.model.anchors import valid_boxes_from_shapes
 
         tensor = torch.from_numpy(np.ascontiguousarray(image)[None]).to(self.device)
@@ -328,7 +328,8 @@ class EnsemblePredictor:
             valid_boxes = valid_boxes + torch.cat([low, low])[None]
         with torch.inference_mode():
             outputs = member.model(tensor, valid_boxes=valid_boxes)
-            result = detect(outputs, member.objective, max_per_class=self.max_per_class)[0]
+            result = detect(outputs, member.objective, max_per_class=self.max_per_class,
+                            fused_queries=fused_queries_of(self.view, member.objective))[0]
         return result["boxes"].numpy(), result["scores"].numpy(), result["labels"].numpy()
 
     def predict_preprocessed(self, image: np.ndarray, geometry: Geometry) -> dict[str, Any]:

@@ -182,6 +182,34 @@ def test_dqm_one_each_when_a_group_is_too_small() -> None:
     assert torch.all(outputs["query_classes"][rows] == 2)
 
 
+def test_inference_fuses_the_queries_dqm_trains_on_each_organ(phantom_plans) -> None:
+    """DQM: a class's box is the score-weighted mean of its group's 1 + eta best queries, its score the
+    best query's; Hungarian and the paper's learned queries keep the best query's own box."""
+    from autodetr.detector import fused_queries_of
+
+    _, plans = phantom_plans
+    eta = plans["matching"]["eta"]
+    assert fused_queries_of(plans, "dqm") == 1 + eta
+    assert fused_queries_of(plans, "hungarian") == 1 and fused_queries_of(plans, "drmm") == 1
+    assert fused_queries_of(apply_overrides(copy.deepcopy(plans), {"network.queries": "learned"}), "dqm") == 1
+    num_classes, rho = 3, 5
+    classes = query_classes(rho * num_classes, num_classes)
+    torch.manual_seed(2)
+    outputs = {"pred_objectness": torch.randn(1, rho * num_classes), "pred_boxes": torch.rand(1, rho * num_classes, 6),
+               "query_classes": classes}
+    fused = detect(outputs, "dqm", fused_queries=3)[0]
+    best = detect(outputs, "dqm")[0]
+    scores = outputs["pred_objectness"][0].sigmoid()
+    for row, label in enumerate(fused["labels"].tolist()):
+        group = torch.nonzero(classes == label).flatten()
+        top = scores[group].topk(3)
+        expected = (top.values[:, None] * outputs["pred_boxes"][0, group[top.indices]]).sum(0) / top.values.sum()
+        assert torch.allclose(fused["boxes"][row], expected, atol=1e-6)
+        assert torch.allclose(best["boxes"][row], outputs["pred_boxes"][0, group[top.indices[0]]])
+        assert fused["scores"][row] == pytest.approx(float(top.values[0])) == float(best["scores"][row])
+    assert len(detect(outputs, "dqm", max_per_class=2, fused_queries=3)[0]["labels"]) == 2 * num_classes  # no fusion
+
+
 def test_valid_box_follows_the_mirror_and_the_spatial_transform() -> None:
     shape = (12, 16, 20)
     data = np.full((1, 1, *shape), -1.0, dtype=np.float32)
