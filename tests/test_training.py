@@ -215,8 +215,8 @@ def test_ctrl_c_saves_and_resume_matches(dataset_env: Path, reference_run: Path)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     # exit 130, or death by SIGINT after the checkpoint was saved: a shell reports $? 130 for both. The second
-    # happens about once in 10 runs, when the signal lands while the second epoch's augmenter starts its
-    # worker (the log then says "interrupted at epoch 2, iteration 0"); its cause is not yet understood.
+    # happened in 2 of 40 standalone runs, when the signal landed while the second epoch's augmenter started
+    # its worker (the log then says "interrupted at epoch 2, iteration 0"); its cause is not yet understood.
     assert process.returncode in (130, -signal.SIGINT), stderr
     assert "interrupted" in stderr
     assert "interrupted" in log.read_text()
