@@ -137,6 +137,30 @@ def test_rotation_and_scaling_resample_as_batchgenerators_does() -> None:
         assert np.mean(transform._affine(labels, matrix, 0, 0.0) != expected_labels) < 1e-3  # ties at exact halves
 
 
+@pytest.mark.parametrize("order", [0, 1])
+def test_affine_resample_equals_scipy_inside_and_outside_the_input(order: int) -> None:
+    """The torch resampler gives scipy's `affine_transform` (mode constant) for random affine maps that
+    also reach outside the input: same values inside, each channel's constant outside."""
+    from scipy import ndimage
+
+    from autodetr.training.augmentation import affine_resample
+
+    rng = np.random.default_rng(order)
+    for _ in range(4):
+        in_shape, out_shape = tuple(rng.integers(8, 20, 3)), tuple(rng.integers(8, 20, 3))
+        images = np.stack([rng.normal(size=in_shape), rng.integers(0, 5, in_shape)]).astype(np.float32)
+        matrix = 1.3 * np.identity(3) + rng.normal(0, 0.2, (3, 3))  # reaches beyond the input
+        offset = (np.asarray(in_shape) - 1) / 2 - matrix @ ((np.asarray(out_shape) - 1) / 2)
+        cvals = [-3.0, 0.0]
+        expected = [ndimage.affine_transform(channel, matrix, offset=offset, output_shape=out_shape, output=np.float32,
+                                             order=order, mode="constant", cval=cval) for channel, cval in zip(images, cvals)]
+        found = affine_resample(images, matrix, out_shape, order, cvals)
+        assert found.shape == (2, *out_shape) and found.dtype == np.float32
+        assert (found[0] == -3.0).any()  # some of the output lies outside the input
+        for channel in range(2):
+            np.testing.assert_allclose(found[channel], expected[channel], atol=1e-4)
+
+
 def test_samples_without_a_spatial_draw_pass_through_untouched() -> None:
     transform = SpatialTransformPerSample((16, 20, 24), do_rotation=True, angle_x=(-0.2, 0.2), angle_y=(0.0, 0.0),
                                           angle_z=(0.0, 0.0), p_rot_per_sample=0.0, do_scale=True, scale=(0.9, 1.1),
@@ -292,3 +316,26 @@ def test_batches_depend_only_on_seed_epoch_iteration(tmp_path) -> None:
     for b in second_worker:
         np.testing.assert_array_equal(single[b["iteration"]]["data"], b["data"])
         np.testing.assert_array_equal(single[b["iteration"]]["seg"], b["seg"])
+
+
+def test_case_cache_reads_a_case_once_within_its_budget(tmp_path, monkeypatch) -> None:
+    """The data loader inflates each npz once while its byte budget lasts; kept arrays are read-only (a
+    transform writing into them would alter later batches), and a case over the budget is read every time."""
+    from autodetr.atomic_io import write_npz
+    from autodetr.training import dataset
+
+    image, labels = lps_volume((14, 18, 20))
+    path = tmp_path / "a.npz"
+    write_npz(path, image=image[None], seg=labels, boxes=np.zeros((0, 6), np.float32), classes=np.zeros(0, np.int64))
+    reads = []
+    original = dataset.load_case
+    monkeypatch.setattr(dataset, "load_case", lambda p: reads.append(p) or original(p))
+    cache = dataset.CaseCache()
+    first, second = cache.load(path), cache.load(path)
+    assert len(reads) == 1 and second is first
+    np.testing.assert_array_equal(first["image"][0], image)
+    with pytest.raises(ValueError):
+        first["image"][0, 0, 0, 0] = 1.0
+    small = dataset.CaseCache(max_bytes=image.nbytes // 2)
+    small.load(path), small.load(path)
+    assert len(reads) == 3 and small.used_bytes == 0

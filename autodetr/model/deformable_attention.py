@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .projected_level import AffineProjectedLevel
 from .sampling import multi_scale_deformable_sampling
 
 
@@ -73,15 +74,19 @@ class MultiScaleDeformableAttention3D(nn.Module):
         self,
         query: torch.Tensor,
         reference_boxes: torch.Tensor,
-        values: Sequence[torch.Tensor],
+        values: Sequence[torch.Tensor | AffineProjectedLevel],
         level_scales: torch.Tensor,
     ) -> torch.Tensor:
-        """level_scales: [L, 3] factor from input-normalised to level-normalised coordinates."""
+        """level_scales: [L, 3] factor from input-normalised to level-normalised coordinates. A projected
+        level (the last `projected_levels`) is a map of `dim` channels or an `AffineProjectedLevel`."""
         batch, num_queries, _ = query.shape
         head_dim = self.dim // self.heads
         projected = []
         first_projected = len(values) - self.projected_levels
         for index, value in enumerate(values):
+            if isinstance(value, AffineProjectedLevel):
+                projected.append(value)  # projected where it is sampled
+                continue
             v = value if index >= first_projected else self.value_proj(value.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
             projected.append(v.reshape(batch * self.heads, head_dim, *v.shape[2:]))
         locations = self.sampling_locations(query, reference_boxes) * level_scales[None, None, None, :, None, :]

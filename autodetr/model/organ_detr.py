@@ -20,7 +20,7 @@ each class group's first query starts at the box of its soft mask where one is f
 segmentation output (last in `seg_logits`) and the mask boxes come from its grid; with
 `network.decoder_fine_level` as well, the fine head's features, projected once to f_e (shared by all
 decoder layers: a per-layer value projection of a stride-2 map costs more than the rest of the layer on a
-CPU), are one more level the decoder's deformable attention samples (after the MSA levels), so box edges
+CPU; the projection is applied to the sampled points, `autodetr.model.projected_level`), are one more level the decoder's deformable attention samples (after the MSA levels), so box edges
 are read from the stem's grid rather than only from the MSA levels (the finest of which has stride 4): the
 high-resolution level Deformable DETR adds to its pyramid, and the U-Net decoder features Retina U-Net
 detects from.
@@ -43,6 +43,7 @@ from .decoder import DeformableDecoder
 from .fine_segmentation import FineSegmentationHead, fine_segmentation_settings
 from .heads import DETRHead, SegmentationHead
 from .msa import MSAEncoder
+from .projected_level import project_after_sampling
 
 
 def level_scales(input_shape, level_shapes, strides, device=None) -> torch.Tensor:
@@ -111,7 +112,7 @@ class OrganDETR(nn.Module):
             fine_logits, fine_features = self.fine_segmentation.forward_with_features(encoded[-1], seg_logits[-1], stem, images)
             seg_logits.append(fine_logits)
             if self.decoder_fine_level is not None:
-                values.append(self.decoder_fine_level(fine_features))
+                values.append(project_after_sampling(self.decoder_fine_level, fine_features))
                 scales = torch.cat([scales, level_scales(input_shape, [tuple(fine_features.shape[2:])], [self.fine_stride],
                                                          images.device)])
         proposals = None

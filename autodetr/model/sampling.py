@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .projected_level import AffineProjectedLevel
+
 
 def to_grid_sample_coordinates(points_zyx: torch.Tensor) -> torch.Tensor:
     """Normalised (z, y, x) in [0, 1] (voxel edges) -> grid_sample (x, y, z) in [-1, 1], align_corners=False.
@@ -32,13 +34,14 @@ def sample_volume(volume: torch.Tensor, points_zyx: torch.Tensor) -> torch.Tenso
 
 
 def multi_scale_deformable_sampling(
-    values: list[torch.Tensor],
+    values: list[torch.Tensor | AffineProjectedLevel],
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
     """Multi-scale deformable attention core (Deformable DETR Eq. 3) in 3D, plain PyTorch on grid_sample.
 
-    values: one tensor per level, `[B * heads, head_dim, d_l, h_l, w_l]`.
+    values: one tensor per level, `[B * heads, head_dim, d_l, h_l, w_l]`, or an `AffineProjectedLevel`
+    (`autodetr.model.projected_level`: features projected after sampling); the first is a tensor.
     sampling_locations: `[B, Q, heads, L, P, 3]` normalised (z, y, x) RELATIVE TO EACH LEVEL's grid.
     attention_weights: `[B, Q, heads, L, P]` (softmax-normalised over L * P by the caller).
     Returns `[B, Q, heads * head_dim]`: sum over levels and points of weight * trilinear sample.
@@ -49,6 +52,9 @@ def multi_scale_deformable_sampling(
     grids = to_grid_sample_coordinates(sampling_locations).permute(0, 2, 3, 1, 4, 5)
     sampled_levels = []
     for level, value in enumerate(values):
+        if isinstance(value, AffineProjectedLevel):
+            sampled_levels.append(value.sample(grids[:, :, level]))  # [B * heads, head_dim, Q, P]
+            continue
         grid = grids[:, :, level].reshape(batch * heads, num_queries, points, 1, 3).to(value.dtype)
         # -> [B * heads, head_dim, Q, P, 1]
         sampled = F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

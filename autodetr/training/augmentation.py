@@ -51,9 +51,12 @@ numpy's global RNG, which the data loader seeds per batch (see `dataset.py`).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import ndimage
 from batchgenerators.augmentations.spatial_transformations import augment_spatial
 from batchgenerators.augmentations.utils import (
@@ -155,6 +158,60 @@ class ShiftTransform(AbstractTransform):
         return batch
 
 
+def affine_sampling_grid(matrix: np.ndarray, input_shape: Sequence[int],
+                         output_shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(grid, outside)` for `affine_resample`: grid_sample's normalised input position of every output voxel
+    (`align_corners=True`: -1 and 1 are the first and last voxel centres; the last axis runs x, y, z), cut
+    along the first output axis into one chunk per torch thread ([k, ceil(D / k), H, W, 3], the last chunk
+    padded), because grid_sample's CPU kernel runs the batch entries in parallel, not the voxels of one; and
+    `outside [D, H, W]`, the output voxels whose input position lies beyond the input's extent."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    in_shape = np.asarray(input_shape, dtype=np.float64)
+    out_shape = np.asarray(output_shape, dtype=np.float64)
+    offset = (in_shape - 1) / 2 - matrix @ ((out_shape - 1) / 2)
+    # index = S (u + 1) with S = diag((n - 1) / 2), so u_in = A u_out + b in (z, y, x) order ...
+    scale_in, scale_out = (in_shape - 1) / 2, (out_shape - 1) / 2
+    linear = (matrix * scale_out[None, :]) / scale_in[:, None]
+    shift = (matrix @ scale_out + offset) / scale_in - 1
+    theta = np.concatenate([linear[::-1, ::-1], shift[::-1, None]], axis=1)  # ... and x, y, z for grid_sample
+    size = [int(n) for n in output_shape]
+    grid = F.affine_grid(torch.as_tensor(theta, dtype=torch.float32)[None], [1, 1, *size], align_corners=True)
+    outside = (grid[0].abs() > 1 + 1e-6).any(dim=-1)
+    chunks = max(1, min(torch.get_num_threads(), size[0]))
+    depth = -(-size[0] // chunks)
+    if depth * chunks > size[0]:
+        grid = torch.cat([grid, grid[:, -1:].expand(1, depth * chunks - size[0], *size[1:], 3)], dim=1)
+    return grid.reshape(chunks, depth, *size[1:], 3), outside
+
+
+def affine_resample(images: np.ndarray, matrix: np.ndarray, output_shape: Sequence[int], order: int,
+                    cvals: Sequence[float], grid: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
+    """`scipy.ndimage.affine_transform(image, matrix, offset, output_shape, order, mode="constant", cval)` of
+    every channel of `images` [K, D, H, W], the offset placing the output centre on the input centre (input
+    index = matrix (output index - c_out) + c_in, c = (n - 1) / 2), as float32 [K, *output_shape].
+
+    Orders 0 and 1 run as torch's `grid_sample` (nearest / trilinear) on `grid` (`affine_sampling_grid`, made
+    here when not given) with every thread of the process: on the CPU plan (96 x 64 x 96, 2 threads) 12 ms
+    per sample for the image and its label map instead of about 36 ms with scipy. Outside the input's extent
+    a channel takes its constant, as scipy's "constant" mode. Other orders (cubic) and axes of one voxel go
+    through scipy."""
+    images = np.asarray(images)
+    output_shape = tuple(int(n) for n in output_shape)
+    if order not in (0, 1) or min(images.shape[1:]) < 2 or min(output_shape) < 2:
+        matrix = np.asarray(matrix, dtype=np.float64)
+        offset = (np.asarray(images.shape[1:]) - 1) / 2 - matrix @ ((np.asarray(output_shape) - 1) / 2)
+        return np.stack([ndimage.affine_transform(channel, matrix, offset=offset, output_shape=output_shape, output=np.float32,
+                                                  order=order, mode="constant", cval=float(cval))
+                         for channel, cval in zip(images, cvals)])
+    sampling, outside = grid if grid is not None else affine_sampling_grid(matrix, images.shape[1:], output_shape)
+    source = torch.as_tensor(np.ascontiguousarray(images, dtype=np.float32))[None].expand(sampling.shape[0], -1, -1, -1, -1)
+    out = F.grid_sample(source, sampling, mode="nearest" if order == 0 else "bilinear", padding_mode="border", align_corners=True)
+    out = out.transpose(0, 1).reshape(images.shape[0], -1, *output_shape[1:])[:, :output_shape[0]]
+    for channel, cval in enumerate(cvals):
+        out[channel].masked_fill_(outside, float(cval))
+    return out.numpy()
+
+
 class SpatialTransformPerSample(AbstractTransform):
     """Rotation, scaling and elastic deformation sample by sample, with the constant border value of each
     sample's own minimum (the padded background of a normalised CT).
@@ -162,15 +219,16 @@ class SpatialTransformPerSample(AbstractTransform):
     The parameters are drawn as batchgenerators' `augment_spatial` draws them (`p_el_per_sample`,
     `p_rot_per_sample` with one angle per axis, `p_scale_per_sample` with its "below or above 1 with equal
     chance" rule). A sample that draws none is passed through untouched. A rotated or scaled sample without
-    elastic deformation is resampled with one `scipy.ndimage.affine_transform` per channel, the same
-    mapping as `augment_spatial`'s coordinate grid (input = s * R^T (output - centre) + centre, R = Rx Ry
-    Rz), without building and rotating that grid; an elastic sample goes through `augment_spatial`. On the
-    CPU plan (96 x 64 x 96) this is 0.0 s for an untouched sample instead of 0.012 s and about 0.036 s
-    instead of 0.05 s for a rotated or scaled one."""
+    elastic deformation is resampled with one affine map (`affine_resample`: scipy's affine_transform
+    computed by torch's grid_sample), the same mapping as `augment_spatial`'s coordinate grid (input =
+    s * R^T (output - centre) + centre, R = Rx Ry Rz), without building and rotating that grid; an elastic
+    sample goes through `augment_spatial`. In a background worker the resampling uses one thread."""
 
     def __init__(self, patch_size: Sequence[int], **spatial_options: Any) -> None:
         self.patch_size = [int(s) for s in patch_size]
         self.options = spatial_options
+        self._owner_pid = os.getpid()
+        self._threads_limited = False
 
     def _draw(self) -> tuple[bool, np.ndarray | None]:
         """`(elastic, matrix)`: whether this sample is elastically deformed, else the 3 x 3 matrix of its
@@ -193,10 +251,14 @@ class SpatialTransformPerSample(AbstractTransform):
     def _affine(self, image: np.ndarray, matrix: np.ndarray, order: int, cval: float) -> np.ndarray:
         """`image` [D, H, W] resampled onto the patch: input = matrix (output - c_out) + c_in, with the
         centres at (n - 1) / 2 as in `augment_spatial` without random crop."""
-        centre_out = (np.asarray(self.patch_size, dtype=np.float64) - 1) / 2
-        centre_in = (np.asarray(image.shape, dtype=np.float64) - 1) / 2
-        return ndimage.affine_transform(image, matrix, offset=centre_in - matrix @ centre_out, output_shape=tuple(self.patch_size),
-                                        output=np.float32, order=order, mode="constant", cval=cval)
+        return affine_resample(image[None], matrix, self.patch_size, order, [cval])[0]
+
+    def _limit_threads_in_worker(self) -> None:
+        """One torch thread in a background worker (another process than the one that built the pipeline):
+        the trainer's threads have the cores."""
+        if self._owner_pid != os.getpid() and not self._threads_limited:
+            torch.set_num_threads(1)
+            self._threads_limited = True
 
     def _transform(self, data: np.ndarray, seg: np.ndarray | None, elastic: bool,
                    matrix: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -208,8 +270,10 @@ class SpatialTransformPerSample(AbstractTransform):
                                    border_mode_seg="constant", border_cval_seg=0, order_seg=0, random_crop=False, **options)
         matrix = np.identity(3) if matrix is None else matrix
         order = int(self.options.get("order_data", 3))
-        out_data = np.stack([self._affine(channel, matrix, order, cval) for channel in data[0]])[None]
-        out_seg = None if seg is None else np.stack([self._affine(channel, matrix, 0, 0.0) for channel in seg[0]])[None]
+        self._limit_threads_in_worker()
+        grid = affine_sampling_grid(matrix, data.shape[2:], self.patch_size) if min(data.shape[2:]) > 1 else None
+        out_data = affine_resample(data[0], matrix, self.patch_size, order, [cval] * data.shape[1], grid)[None]
+        out_seg = None if seg is None else affine_resample(seg[0], matrix, self.patch_size, 0, [0.0] * seg.shape[1], grid)[None]
         return out_data, out_seg
 
     def __call__(self, **batch: Any) -> dict:

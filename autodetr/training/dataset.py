@@ -79,6 +79,39 @@ def case_left_right_axes(files: Sequence[CaseFiles], transpose_forward: Sequence
     return axes
 
 
+#: Bytes of decompressed cases one data loader process keeps in memory (see `CaseCache`).
+CASE_CACHE_BYTES = 1 << 30
+
+
+class CaseCache:
+    """Decompressed cases of one data loader kept in memory, first come first kept, up to `max_bytes`.
+
+    A preprocessed case is a compressed npz, and inflating it cost about 12 ms of a 450 ms training step on
+    the CPU plan (2 cases per batch); nnU-Net unpacks its npz files to npy for the same reason. A case is
+    read once and kept while the budget lasts; with uniform sampling a case-level LRU would hit no more
+    often, and nothing is evicted. The arrays are read-only: a transform that wrote into them would change
+    every later batch of that case, so it fails loudly instead."""
+
+    def __init__(self, max_bytes: int = CASE_CACHE_BYTES) -> None:
+        self.max_bytes = int(max_bytes)
+        self.used_bytes = 0
+        self.cases: dict[Path, dict[str, np.ndarray]] = {}
+
+    def load(self, path: Path) -> dict[str, np.ndarray]:
+        """`load_case(path)`, from memory after the first time while the budget lasts."""
+        case = self.cases.get(path)
+        if case is not None:
+            return case
+        case = load_case(path)
+        size = sum(array.nbytes for array in case.values())
+        if self.used_bytes + size <= self.max_bytes:
+            for array in case.values():
+                array.setflags(write=False)
+            self.cases[path] = case
+            self.used_bytes += size
+        return case
+
+
 class DetectionDataLoader(DataLoader):
     """Batches of whole, padded cases for iterations `[start, stop)` of one epoch (see the module docstring).
 
@@ -101,6 +134,7 @@ class DetectionDataLoader(DataLoader):
         stop: int,
         rank: int = 0,
         num_workers: int = 1,
+        cache: CaseCache | None = None,
     ) -> None:
         super().__init__(list(files), batch_size, num_threads_in_multithreaded=max(1, num_workers),
                          seed_for_shuffle=seed, return_incomplete=False, shuffle=False, infinite=True)
@@ -112,6 +146,7 @@ class DetectionDataLoader(DataLoader):
         self.seed, self.epoch, self.rank = int(seed), int(epoch), int(rank)
         self.start, self.stop = int(start), int(stop)
         self.produced = 0
+        self.cache = cache if cache is not None else CaseCache()  # the trainer's lives across epochs
 
     def next_iteration(self) -> int:
         return self.start + self.thread_id + self.produced * self.number_of_threads_in_multithreaded
@@ -129,7 +164,7 @@ class DetectionDataLoader(DataLoader):
         images, segs, keys, axes, valid, exact = [], [], [], [], [], []
         for index in chosen:
             entry = self.files[int(index)]
-            case = load_case(entry.npz)
+            case = self.cache.load(entry.npz)
             valid.append([0, 0, 0, *case["image"].shape[1:]])
             exact.append((case["boxes"].astype(np.float64), case["classes"]))
             image, seg = pad_to_input(case["image"], case["seg"], self.input_size, entry.npz)

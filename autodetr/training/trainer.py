@@ -44,6 +44,7 @@ from autodetr.plans import Plans
 from autodetr.training.augmentation import training_transforms
 from autodetr.training.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from autodetr.training.dataset import (
+    CaseCache,
     CaseFiles,
     DetectionDataLoader,
     batch_seed,
@@ -247,6 +248,7 @@ class Trainer:
         self.train_files = train_files
         self.val_files = [by_id[c] for c in self.setup.val_cases]
         self.transforms = training_transforms(self.plans, augment=True)
+        self.case_cache = CaseCache()  # decompressed training cases, kept across epochs without workers
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -333,7 +335,7 @@ class Trainer:
         workers = max(0, int(self.setup.num_workers))
         loader = DetectionDataLoader(
             self.train_files, self.batch_size, self.input_size, self.lr_axes, self.setup.seed, epoch, start,
-            self.iterations, rank=self.dist.rank, num_workers=max(1, workers),
+            self.iterations, rank=self.dist.rank, num_workers=max(1, workers), cache=self.case_cache if workers == 0 else None,
         )
         if workers == 0:
             return SingleThreadedAugmenter(loader, self.transforms)
