@@ -10,6 +10,7 @@ from autodetr.training.augmentation import (
     DetectionTargetsTransform,
     LateralMirrorTransform,
     SpatialTransformPerSample,
+    affine_resample,
     training_transforms,
 )
 from autodetr.training.dataset import left_right_axis, pad_to_input
@@ -133,8 +134,8 @@ def test_rotation_and_scaling_resample_as_batchgenerators_does() -> None:
             coords[axis] += image.shape[axis] / 2.0 - 0.5
         expected_image = map_coordinates(image.astype(float), coords, order=1, mode="constant", cval=float(image.min()))
         expected_labels = map_coordinates(labels.astype(float), coords, order=0, mode="constant", cval=0.0)
-        np.testing.assert_allclose(transform._affine(image, matrix, 1, float(image.min())), expected_image, atol=1e-4)
-        assert np.mean(transform._affine(labels, matrix, 0, 0.0) != expected_labels) < 1e-3  # ties at exact halves
+        np.testing.assert_allclose(affine_resample(image[None], matrix, patch, 1, [float(image.min())])[0], expected_image, atol=1e-4)
+        assert np.mean(affine_resample(labels[None], matrix, patch, 0, [0.0])[0] != expected_labels) < 1e-3  # ties at exact halves
 
 
 @pytest.mark.parametrize("order", [0, 1])
@@ -142,8 +143,6 @@ def test_affine_resample_equals_scipy_inside_and_outside_the_input(order: int) -
     """The torch resampler gives scipy's `affine_transform` (mode constant) for random affine maps that
     also reach outside the input: same values inside, each channel's constant outside."""
     from scipy import ndimage
-
-    from autodetr.training.augmentation import affine_resample
 
     rng = np.random.default_rng(order)
     for _ in range(4):

@@ -20,10 +20,10 @@ each class group's first query starts at the box of its soft mask where one is f
 segmentation output (last in `seg_logits`) and the mask boxes come from its grid; with
 `network.decoder_fine_level` as well, the fine head's features, projected once to f_e (shared by all
 decoder layers: a per-layer value projection of a stride-2 map costs more than the rest of the layer on a
-CPU; the projection is applied to the sampled points, `autodetr.model.projected_level`), are one more level the decoder's deformable attention samples (after the MSA levels), so box edges
-are read from the stem's grid rather than only from the MSA levels (the finest of which has stride 4): the
-high-resolution level Deformable DETR adds to its pyramid, and the U-Net decoder features Retina U-Net
-detects from.
+CPU; the projection is applied to the sampled points, `autodetr.model.projected_level`), are one more
+level the decoder's deformable attention samples (after the MSA levels), so box edges are read from the
+stem's grid rather than only from the MSA levels (the finest of which has stride 4): the high-resolution
+level Deformable DETR adds to its pyramid, and the U-Net decoder features Retina U-Net detects from.
 A replacement head (e.g. D-RMM) is passed as `head=`: a module called as
 `head(query_features, reference_boxes, refined_boxes) -> dict`, merged into the output.
 """

@@ -165,15 +165,12 @@ def affine_sampling_grid(matrix: np.ndarray, input_shape: Sequence[int],
     along the first output axis into one chunk per torch thread ([k, ceil(D / k), H, W, 3], the last chunk
     padded), because grid_sample's CPU kernel runs the batch entries in parallel, not the voxels of one; and
     `outside [D, H, W]`, the output voxels whose input position lies beyond the input's extent."""
-    matrix = np.asarray(matrix, dtype=np.float64)
-    in_shape = np.asarray(input_shape, dtype=np.float64)
-    out_shape = np.asarray(output_shape, dtype=np.float64)
-    offset = (in_shape - 1) / 2 - matrix @ ((out_shape - 1) / 2)
-    # index = S (u + 1) with S = diag((n - 1) / 2), so u_in = A u_out + b in (z, y, x) order ...
-    scale_in, scale_out = (in_shape - 1) / 2, (out_shape - 1) / 2
-    linear = (matrix * scale_out[None, :]) / scale_in[:, None]
-    shift = (matrix @ scale_out + offset) / scale_in - 1
-    theta = np.concatenate([linear[::-1, ::-1], shift[::-1, None]], axis=1)  # ... and x, y, z for grid_sample
+    # index = c (u + 1) with c = (n - 1) / 2, the centre; input index - c_in = matrix (output index - c_out),
+    # so u_in = A u_out with A = diag(1 / c_in) matrix diag(c_out): no shift, centre maps to centre
+    scale_in = (np.asarray(input_shape, dtype=np.float64) - 1) / 2
+    scale_out = (np.asarray(output_shape, dtype=np.float64) - 1) / 2
+    linear = np.asarray(matrix, dtype=np.float64) * scale_out[None, :] / scale_in[:, None]
+    theta = np.concatenate([linear[::-1, ::-1], np.zeros((3, 1))], axis=1)  # grid_sample's axes run x, y, z
     size = [int(n) for n in output_shape]
     grid = F.affine_grid(torch.as_tensor(theta, dtype=torch.float32)[None], [1, 1, *size], align_corners=True)
     outside = (grid[0].abs() > 1 + 1e-6).any(dim=-1)
@@ -247,11 +244,6 @@ class SpatialTransformPerSample(AbstractTransform):
             factor = np.random.uniform(low, 1) if np.random.random() < 0.5 and low < 1 else np.random.uniform(max(low, 1), high)
             matrix = factor * (np.identity(3) if matrix is None else matrix)
         return False, matrix
-
-    def _affine(self, image: np.ndarray, matrix: np.ndarray, order: int, cval: float) -> np.ndarray:
-        """`image` [D, H, W] resampled onto the patch: input = matrix (output - c_out) + c_in, with the
-        centres at (n - 1) / 2 as in `augment_spatial` without random crop."""
-        return affine_resample(image[None], matrix, self.patch_size, order, [cval])[0]
 
     def _limit_threads_in_worker(self) -> None:
         """One torch thread in a background worker (another process than the one that built the pipeline):
