@@ -160,11 +160,12 @@ class Variant:
 
 
 def lateral_axis(geometry: Geometry, transpose_forward: Sequence[int]) -> int:
-    """The preprocessed axis that runs closest to the patient's left-right (world x) direction (the
+    """The preprocessed axis that runs closest to the patient's left-right (world x) direction in the reoriented array (the
     training data loader's own rule, `autodetr.training.dataset.left_right_axis`)."""
     from autodetr.preprocessing.case_arrays import left_right_axis
+    from autodetr.preprocessing.orientation import Reorientation
 
-    return left_right_axis(transpose_forward, geometry.direction)
+    return left_right_axis(transpose_forward, Reorientation.from_direction(geometry.direction).direction(geometry.direction))
 
 
 def training_mirrored_left_right(plans: dict) -> bool:

@@ -10,6 +10,7 @@ from autodetr.errors import InputError
 from autodetr.parallel import progress_map
 from autodetr.plans import Plans
 from autodetr.preprocessing.cropping import crop_case
+from autodetr.preprocessing.orientation import Reorientation
 from autodetr.preprocessing.box_files import read_any_case
 from autodetr.preprocessing.raw_dataset import OrganClass, RawCase
 
@@ -24,21 +25,23 @@ def ct_channel_indices(dataset_json: dict) -> list[int]:
 def analyse_case(raw_case: RawCase, classes: list[OrganClass], ct_channels: list[int], num_samples: int) -> dict:
     """Statistics of one training case (runs in a worker process)."""
     case = read_any_case(raw_case, classes)  # label map or box file
+    reorientation = Reorientation.from_direction(case.geometry.direction)  # statistics in canonical axis order
     image_cropped, label_cropped, crop_box = crop_case(case.image, case.label_map, ct_channels)
     foreground, _ = DatasetFingerprintExtractor.collect_foreground_intensities(
         (label_cropped if label_cropped is not None else np.zeros(image_cropped.shape[1:]))[None],
         image_cropped,
         num_samples=num_samples,
     )
-    spacing = case.geometry.spacing_zyx
-    shape = np.asarray(case.geometry.shape_zyx)
-    extents_mm = (case.boxes[:, 3:] - case.boxes[:, :3]) * spacing if len(case.boxes) else np.zeros((0, 3))
-    touches = (case.boxes[:, :3] <= 0).any(1) | (case.boxes[:, 3:] >= shape).any(1) if len(case.boxes) else np.zeros(0, bool)
+    spacing = reorientation.spacing(case.geometry.spacing_zyx)
+    shape = np.asarray(reorientation.shape(case.geometry.shape_zyx))
+    boxes = reorientation.boxes(case.boxes, case.geometry.shape_zyx)
+    extents_mm = (boxes[:, 3:] - boxes[:, :3]) * spacing if len(boxes) else np.zeros((0, 3))
+    touches = (boxes[:, :3] <= 0).any(1) | (boxes[:, 3:] >= shape).any(1) if len(boxes) else np.zeros(0, bool)
     return {
         "case_id": case.case_id,
         "spacing": spacing.tolist(),
         "shape_before_crop": shape.tolist(),
-        "shape_after_crop": list(image_cropped.shape[1:]),
+        "shape_after_crop": list(reorientation.shape(image_cropped.shape[1:])),
         "foreground_intensities": [np.asarray(f, dtype=np.float32) for f in foreground],
         "box_label_values": case.box_label_values.tolist(),
         "box_extents_mm": extents_mm.tolist(),

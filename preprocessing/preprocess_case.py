@@ -1,4 +1,4 @@
-"""Preprocess one case as the plan says: transpose, crop (non-zero + body), normalise, resample, fit.
+"""Preprocess one case as the plan says: reorient (canonical LPS array order), transpose, crop (non-zero + body), normalise, resample, fit.
 
 The same function serves training (with labels) and inference (image only), so a new scan is prepared
 exactly as the training cases were. Steps reuse nnU-Net v2's functions (cropping, CT / z-score
@@ -16,6 +16,7 @@ from nnunetv2.preprocessing.resampling.default_resampling import compute_new_sha
 
 from autodetr.plans import Plans
 from autodetr.preprocessing.cropping import BODY_THRESHOLD_HU, crop_case
+from autodetr.preprocessing.orientation import Reorientation
 from autodetr.preprocessing.raw_dataset import Geometry
 from autodetr.preprocessing.restore import RestoreInfo
 
@@ -70,9 +71,10 @@ def preprocess_image(
     corner boxes (original voxels) into the network's grid."""
     planned = Plans.of(plans)
     forward = planned.transpose_forward
-    spacing = geometry.spacing_zyx[forward]
-    image = image.transpose([0] + [a + 1 for a in forward])
-    label = None if class_map is None else class_map.transpose(forward)
+    reorientation = Reorientation.from_direction(geometry.direction)
+    spacing = reorientation.spacing(geometry.spacing_zyx)[forward]
+    image = reorientation.array(image).transpose([0] + [a + 1 for a in forward])
+    label = None if class_map is None else reorientation.array(class_map).transpose(forward)
     ct_channels = planned.ct_channels
     image, label, crop_box = crop_case(image, label, ct_channels)
     cropped_shape = np.asarray(image.shape[1:])
@@ -100,6 +102,7 @@ def preprocess_image(
         cropped_shape=cropped_shape.tolist(),
         preprocessed_shape=[int(s) for s in new_shape],
         spacing=[float(s) for s in effective_spacing],
+        reorientation=reorientation,
     )
     mapped = np.zeros((0, 6), dtype=np.float32)
     if boxes is not None and len(boxes):

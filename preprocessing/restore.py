@@ -1,8 +1,8 @@
 """Mapping boxes between preprocessed voxels, original voxels and world millimetres.
 
-Preprocessing is, per axis, an affine map of voxel edges: transpose, then subtract the crop's lower
-bound, then scale by (preprocessed size / cropped size) (nnU-Net's resampling maps the volume's edges
-onto each other). `RestoreInfo` holds what is needed to invert it, and is stored as `<case>.json`.
+Preprocessing is, per axis, an affine map of voxel edges: reorient to the canonical order (a signed axis
+permutation, `autodetr.preprocessing.orientation`), transpose, then subtract the crop's lower bound, then
+scale by (preprocessed size / cropped size) (nnU-Net's resampling maps the volume's edges onto each other). `RestoreInfo` holds what is needed to invert it, and is stored as `<case>.json`.
 
 World coordinates: a half-open voxel box [i1, i2) spans continuous indices i1 - 0.5 .. i2 - 0.5 (a
 voxel's centre is its integer index in ITK), mapped through origin, spacing and direction.
@@ -10,10 +10,11 @@ voxel's centre is its integer index in ITK), mapped through origin, spacing and 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from autodetr.preprocessing.orientation import Reorientation
 from autodetr.preprocessing.raw_dataset import Geometry
 
 
@@ -25,6 +26,7 @@ class RestoreInfo:
     cropped_shape: list[int]
     preprocessed_shape: list[int]
     spacing: list[float]  # effective spacing of the preprocessed grid (transposed axis order)
+    reorientation: Reorientation = field(default_factory=Reorientation)  # original -> canonical array order
 
     @property
     def _scale(self) -> np.ndarray:
@@ -36,7 +38,7 @@ class RestoreInfo:
 
     def original_to_preprocessed(self, boxes: np.ndarray) -> np.ndarray:
         """Corner boxes in original voxels (z, y, x order) -> preprocessed voxels."""
-        boxes = np.asarray(boxes, np.float64).reshape(-1, 6)
+        boxes = self.reorientation.boxes(boxes, self.geometry.shape_zyx)
         order = list(self.transpose_forward) + [a + 3 for a in self.transpose_forward]
         transposed = boxes[:, order]
         return (transposed - np.tile(self._offset, 2)) * np.tile(self._scale, 2)
@@ -46,7 +48,12 @@ class RestoreInfo:
         boxes = np.asarray(boxes, np.float64).reshape(-1, 6)
         transposed = boxes / np.tile(self._scale, 2) + np.tile(self._offset, 2)
         backward = [self.transpose_forward.index(a) for a in range(3)]
-        return transposed[:, backward + [b + 3 for b in backward]]
+        return self.reorientation.boxes_back(transposed[:, backward + [b + 3 for b in backward]], self.geometry.shape_zyx)
+
+    @property
+    def oriented_direction(self) -> tuple[float, ...]:
+        """Direction matrix of the reoriented array (close to identity unless an old case was not reoriented)."""
+        return self.reorientation.direction(self.geometry.direction)
 
     def boxes_in_original(self, boxes: np.ndarray) -> np.ndarray:
         """Corner boxes in preprocessed voxels -> original voxels, clipped to the original image: how every
@@ -63,6 +70,7 @@ class RestoreInfo:
             "cropped_shape": list(self.cropped_shape),
             "preprocessed_shape": list(self.preprocessed_shape),
             "spacing": list(self.spacing),
+            "reorientation": self.reorientation.to_json(),
         }
 
     @classmethod
@@ -74,6 +82,7 @@ class RestoreInfo:
             list(content["cropped_shape"]),
             list(content["preprocessed_shape"]),
             list(content["spacing"]),
+            Reorientation.from_json(content.get("reorientation")),
         )
 
 

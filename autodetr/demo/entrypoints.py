@@ -7,6 +7,7 @@ from pathlib import Path
 from autodetr.demo.defaults import DEFAULT_MINUTES, DEFAULT_NUM_CASES
 from autodetr.devices import DEVICE_HELP
 from autodetr.errors import cli_main
+from autodetr.phantom.randomised import APPEARANCES, FIELDS_OF_VIEW
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"phantom training cases (default {DEFAULT_NUM_CASES}; about 35 MB each on disk at full size; "
                         "fewer cases train a worse detector, e.g. 16 cases and 10 minutes: held-out mAP 0.39)")
     parser.add_argument("--num-test-cases", type=int, default=4, help="held-out phantom cases to predict and evaluate (default 4)")
+    parser.add_argument("--appearance", choices=APPEARANCES, default="realistic",
+                        help="phantom appearance (autodetr_make_phantom --appearance): 'randomised' trains a model "
+                             "meant for real CT (contrast phases, scanners and scan ranges drawn far wider than real)")
+    parser.add_argument("--field-of-view", choices=FIELDS_OF_VIEW, default=None,
+                        help="phantom scan range (autodetr_make_phantom --field-of-view; default: standard for "
+                             "realistic, random for randomised)")
     parser.add_argument("--image", type=Path, help="also predict this image (file, folder or DICOM folder), e.g. a real CT")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--seed", type=int, default=0, help="seed of the phantom and the training (default 0)")
@@ -41,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     result = run_demo(args.out, minutes=args.minutes, size=args.size, num_cases=args.num_cases,
                       num_test_cases=args.num_test_cases, image=args.image, device=args.device, seed=args.seed,
-                      num_processes=args.num_processes)
+                      num_processes=args.num_processes, appearance=args.appearance, field_of_view=args.field_of_view)
     print(f"\n{'class':<22}" + "".join(f"{c:>8}" for c in ("AP", "AP50", "AP75", "AR")))
     for row in metrics_table(result.metrics):
         print(f"{row[0]:<22}" + "".join(f"{c:>8}" for c in row[1:]))

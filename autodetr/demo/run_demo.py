@@ -148,7 +148,8 @@ class StageEstimate:
 
 
 def run_demo(output: Path, minutes: float = DEFAULT_MINUTES, size: str = "full", num_cases: int = DEFAULT_NUM_CASES, num_test_cases: int = 4,
-             image: Path | None = None, device: str | None = None, seed: int = 0, num_processes: int = 2) -> DemoResult:
+             image: Path | None = None, device: str | None = None, seed: int = 0, num_processes: int = 2,
+             appearance: str = "realistic", field_of_view: str | None = None) -> DemoResult:
     """Run the demo into `output` (see the module docstring); returns where everything is."""
     from autodetr.evaluation.api import evaluate_folder
     from autodetr.inference.atlas_prior import predict_atlas_prior
@@ -161,9 +162,10 @@ def run_demo(output: Path, minutes: float = DEFAULT_MINUTES, size: str = "full",
     roots = _use_demo_roots(output)
     started = time.perf_counter()
     estimate = StageEstimate(minutes, num_cases + num_test_cases, size)
-    estimate.announce(1, f"phantom data set ({size}, {num_cases} training + {num_test_cases} test cases)")
+    estimate.announce(1, f"phantom data set ({size}, {appearance}, {num_cases} training + {num_test_cases} test cases)")
     raw_folder = make_phantom_dataset(roots["raw"], dataset_id=DEMO_DATASET_ID, num_cases=num_cases, num_test_cases=num_test_cases,
-                                      size=size, seed=seed, num_processes=num_processes, progress=True)
+                                      size=size, seed=seed, num_processes=num_processes, progress=True,
+                                      appearance=appearance, field_of_view=field_of_view)
     estimate.announce(2, "plan and preprocess (CPU preset)")
     plan_and_preprocess(DEMO_DATASET_ID, preset="cpu", num_processes=num_processes)
     estimate.announce(3, f"train on all training cases for {minutes:g} minutes")

@@ -53,6 +53,40 @@ class Uniform(Painter):
 
 
 @dataclass
+class Parenchyma(Painter):
+    """An organ of the randomised phantom (`autodetr.phantom.randomised`): a value with a smooth texture of
+    std `texture` HU and wavelength `wavelength` mm, a cortex (`cortex`: the value of the outer shell where
+    the level exceeds `cortex_level`, as a kidney's cortex in the arterial phase), vessels (thin tubes where
+    two smooth fields are both near zero, of `vessel` HU) and lesions (`lesion`: blobs of that HU covering
+    about `lesion_fraction` of the organ, e.g. cysts, metastases or stones)."""
+
+    value: float
+    texture: float = 0.0
+    wavelength: tuple[float, float] = (15.0, 40.0)
+    cortex: float | None = None
+    cortex_level: float = 0.75
+    vessel: float | None = None
+    vessel_width: float = 0.1
+    lesion: float | None = None
+    lesion_fraction: float = 0.0
+
+    def paint(self, hu: np.ndarray, mask: np.ndarray, context: Context) -> None:
+        values = np.full(int(mask.sum()), self.value, dtype=np.float32)
+        if self.texture:
+            values += np.float32(self.texture) * smooth_field(context, mask, self.wavelength)
+        if self.cortex is not None:
+            values[context.level[mask] > self.cortex_level] = self.cortex
+        if self.vessel is not None:
+            first = smooth_field(context, mask, (25.0, 60.0), waves=6)
+            second = smooth_field(context, mask, (25.0, 60.0), waves=6)
+            values[(np.abs(first) < self.vessel_width) & (np.abs(second) < self.vessel_width * 3)] = self.vessel
+        if self.lesion is not None and self.lesion_fraction > 0:
+            blobs = smooth_field(context, mask, (10.0, 30.0)) > special.ndtri(1 - self.lesion_fraction)
+            values[blobs] = self.lesion
+        hu[mask] = values
+
+
+@dataclass
 class Bone(Painter):
     """Cortical shell (about `shell_mm` thick, at least one voxel in-plane) brighter than cancellous bone."""
 

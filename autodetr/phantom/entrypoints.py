@@ -9,6 +9,7 @@ from autodetr.errors import cli_main
 from autodetr.paths import raw_root
 from autodetr.phantom.generator import make_phantom_dataset
 from autodetr.phantom.geometry import SIZES, SPACING_RANGES
+from autodetr.phantom.randomised import APPEARANCES, FIELDS_OF_VIEW
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
                               f"anatomy at {small['inplane'][0]:g}-{small['inplane'][1]:g} mm in-plane and "
                               f"{small['slice'][0]:g}-{small['slice'][1]:g} mm slices (about 32-52 x 48-64 x 48-64 "
                               f"voxels) for fast tests and CPU demos"))
+    parser.add_argument("--appearance", choices=APPEARANCES, default="realistic",
+                        help=("'realistic': one scanner and realistic tissue values (native or contrast-enhanced "
+                              "vessels); 'randomised': domain-randomised scans for models meant for real CT: contrast "
+                              "phase (native, arterial, portal-venous, delayed), tissue values well beyond the "
+                              "realistic ranges, liver vessels, cysts and lesions, gallstones, a calcified aorta, oral "
+                              "contrast, noise 5-45 HU, blur, slice thickness, intensity bias and streaks (the same "
+                              "anatomy as realistic)"))
+    parser.add_argument("--field-of-view", choices=FIELDS_OF_VIEW, default=None,
+                        help=("scan range: 'standard' (liver dome to bladder or iliac crest; the default for "
+                              "realistic), 'random' (starts and ends anywhere from the lower chest to the pelvis, "
+                              "80-480 mm, organs cut at the ends; the default for randomised), 'upper_abdomen' "
+                              "(liver dome to the kidneys' lower poles) or 'pelvis' (L4 to below the bladder)"))
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed; case i depends only on (seed, i), not on --num-cases or -np")
     parser.add_argument("--output", type=Path, default=None,
@@ -53,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     folder = make_phantom_dataset(root, dataset_id=args.dataset_id, num_cases=args.num_cases,
                                   num_test_cases=args.num_test_cases, size=args.size, seed=args.seed,
                                   num_processes=args.num_processes, overwrite=args.overwrite,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, appearance=args.appearance,
+                                  field_of_view=args.field_of_view)
     print(f"phantom dataset written to {folder}")
     return 0
 

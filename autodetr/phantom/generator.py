@@ -13,14 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from autodetr.atomic_io import atomic_path, read_json, write_json
 from autodetr.errors import InputError
 from autodetr.phantom.anatomy import CLASS_NAMES, sample_anatomy
 from autodetr.phantom.appearance import Context
 from autodetr.phantom.body import BODY_WALL, CAVITY, rasterise_body
-from autodetr.phantom.geometry import SIZES, sample_field_of_view, sample_grid
+from autodetr.phantom.geometry import SIZES, sample_grid
+from autodetr.boxes import boxes_from_label_map
+from autodetr.phantom.randomised import (APPEARANCES, FIELDS_OF_VIEW, add_scanner_effects, in_plane_window,
+                                         randomise_appearance, sample_field_of_view)
+from autodetr.phantom.scanner import add_blurred_noise
 from autodetr.phantom.shapes import Grid, evaluate
 
 TEST_INDEX_OFFSET = 1_000_000
@@ -57,25 +60,46 @@ def _streams(seed: int, index: int) -> dict[str, np.random.Generator]:
     """Independent generators per (seed, case index); anatomy and field of view do not depend on size."""
     if seed < 0 or index < 0:
         raise InputError(f"seed and case index must be >= 0, got seed={seed}, index={index}")
-    children = np.random.SeedSequence(entropy=seed, spawn_key=(index,)).spawn(5)
-    names = ("anatomy", "fov", "noise", "grid_small", "grid_full")
+    children = np.random.SeedSequence(entropy=seed, spawn_key=(index,)).spawn(6)
+    names = ("anatomy", "fov", "noise", "grid_small", "grid_full", "appearance")
     return {name: np.random.default_rng(child) for name, child in zip(names, children)}
 
 
-def case_grid(index: int, seed: int = 0, size: str = "small") -> Grid:
+def default_field_of_view(appearance: str) -> str:
+    """The scan range a phantom of `appearance` gets unless told: the standard one for realistic
+    phantoms, anywhere from chest to pelvis for randomised ones."""
+    return "random" if appearance == "randomised" else "standard"
+
+
+def _check_style(size: str, appearance: str, field_of_view: str) -> None:
+    if size not in SIZES:
+        raise InputError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
+    if appearance not in APPEARANCES:
+        raise InputError(f"appearance must be one of {', '.join(APPEARANCES)}, got {appearance!r}")
+    if field_of_view not in FIELDS_OF_VIEW:
+        raise InputError(f"field of view must be one of {', '.join(FIELDS_OF_VIEW)}, got {field_of_view!r}")
+
+
+def case_grid(index: int, seed: int = 0, size: str = "small", field_of_view: str = "standard") -> Grid:
     """The voxel grid a case will have (cheap: samples the anatomy, rasterises nothing)."""
     streams = _streams(seed, index)
-    fov = sample_field_of_view(streams["fov"], sample_anatomy(streams["anatomy"]))
+    fov = sample_field_of_view(streams["fov"], sample_anatomy(streams["anatomy"]), field_of_view)
     return sample_grid(streams[f"grid_{size}"], fov, size)
 
 
-def generate_case(index: int, seed: int = 0, size: str = "small") -> PhantomCase:
-    """Generate case `index` of the phantom with `seed`; deterministic, independent of other cases."""
-    if size not in SIZES:
-        raise InputError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
+def generate_case(index: int, seed: int = 0, size: str = "small", appearance: str = "realistic",
+                  field_of_view: str | None = None) -> PhantomCase:
+    """Generate case `index` of the phantom with `seed`; deterministic, independent of other cases.
+
+    `appearance` "randomised" draws the contrast phase, tissue values, textures and scanner effects far
+    wider than a real scan's (`autodetr.phantom.randomised`); the anatomy (and so the labels, for the
+    same field of view) is the realistic case's. `field_of_view`: FIELDS_OF_VIEW, default per appearance."""
+    field_of_view = field_of_view or default_field_of_view(appearance)
+    _check_style(size, appearance, field_of_view)
     streams = _streams(seed, index)
     anatomy = sample_anatomy(streams["anatomy"])
-    fov = sample_field_of_view(streams["fov"], anatomy)
+    style = randomise_appearance(anatomy, streams["appearance"]) if appearance == "randomised" else {}
+    fov = sample_field_of_view(streams["fov"], anatomy, field_of_view)
     grid = sample_grid(streams[f"grid_{size}"], fov, size)
     noise = streams["noise"]
 
@@ -101,14 +125,25 @@ def generate_case(index: int, seed: int = 0, size: str = "small") -> PhantomCase
         if structure.label:
             label[region][mask] = structure.label
             boxes[structure.name] = _mask_box(mask, region)
-    _add_noise(hu, grid, size, noise)
+    if appearance == "randomised":
+        add_scanner_effects(hu, grid, noise)
+    else:
+        _add_noise(hu, grid, size, noise)
     np.rint(hu, out=hu)
     np.clip(hu, -1024, 3071, out=hu)
     image = hu.astype(np.int16)
     del hu
     origin = (grid.origin[0] + fov.table_z, grid.origin[1], grid.origin[2])
     placed = {name: boxes[name] for name in CLASS_NAMES if name in boxes}
-    info = {**anatomy.info, "protocol": fov.protocol, "index": index, "seed": seed, "size": size}
+    window = in_plane_window(image.shape, streams["appearance"]) if appearance == "randomised" else None
+    if window is not None:  # a smaller, non-square in-plane field of view that may cut the body's sides
+        (y0, y1), (x0, x1) = window
+        image, label = image[:, y0:y1, x0:x1].copy(), label[:, y0:y1, x0:x1].copy()
+        origin = (origin[0], origin[1] + y0 * grid.spacing[1], origin[2] + x0 * grid.spacing[2])
+        found, values = boxes_from_label_map(label)
+        placed = {CLASS_NAMES[int(v) - 1]: tuple(int(c) for c in box) for box, v in zip(found, values)}
+    info = {**anatomy.info, **style, "protocol": fov.protocol, "index": index, "seed": seed, "size": size,
+            "appearance": appearance}
     return PhantomCase(image, label, tuple(float(s) for s in grid.spacing), tuple(float(o) for o in origin), placed, info)
 
 
@@ -122,24 +157,11 @@ def _mask_box(mask: np.ndarray, region: tuple[slice, slice, slice]) -> tuple[int
     return (*low, *high)
 
 
-def _kernel_gain(sigma: float) -> float:
-    """Factor by which a 1D Gaussian filter of `sigma` voxels scales the std of white noise."""
-    delta = np.zeros(64)
-    delta[32] = 1
-    return float(np.sqrt((ndimage.gaussian_filter1d(delta, sigma) ** 2).sum()))
-
-
 def _add_noise(hu: np.ndarray, grid: Grid, size: str, rng: np.random.Generator) -> None:
     """Gaussian noise, then an in-plane Gaussian blur (reconstruction kernel / partial volume)."""
     blur_mm = rng.uniform(0.6, 1.1)
     target_std = rng.uniform(8, 20) if size == "full" else rng.uniform(4, 10)
-    sigma = max(blur_mm / grid.spacing[1], 0.45)
-    pre_std = np.float32(target_std / _kernel_gain(sigma) ** 2)
-    for start in range(0, hu.shape[0], 16):
-        block = hu[start:start + 16]
-        block += rng.standard_normal(block.shape, dtype=np.float32) * pre_std
-    blurred = ndimage.gaussian_filter1d(hu, sigma, axis=1, mode="nearest")
-    ndimage.gaussian_filter1d(blurred, sigma, axis=2, output=hu, mode="nearest")
+    add_blurred_noise(hu, grid.spacing[1], blur_mm, target_std, rng)
 
 
 def write_case(case: PhantomCase, image_path: str | os.PathLike, label_path: str | os.PathLike) -> None:
@@ -150,7 +172,8 @@ def write_case(case: PhantomCase, image_path: str | os.PathLike, label_path: str
             sitk.WriteImage(item, str(temporary), True)
 
 
-def dataset_json(num_training: int, num_test: int, seed: int, size: str) -> dict:
+def dataset_json(num_training: int, num_test: int, seed: int, size: str, appearance: str = "realistic",
+                 field_of_view: str = "standard") -> dict:
     """The nnU-Net v2 dataset.json of the phantom."""
     return {
         "channel_names": {"0": "CT"},
@@ -164,7 +187,8 @@ def dataset_json(num_training: int, num_test: int, seed: int, size: str) -> dict
         "licence": "CC0-1.0",
         "tensorImageSize": "3D",
         "numTest": num_test,
-        "phantom": {"seed": seed, "size": size, "generator_version": GENERATOR_VERSION},
+        "phantom": {"seed": seed, "size": size, "appearance": appearance, "field_of_view": field_of_view,
+                    "generator_version": GENERATOR_VERSION},
     }
 
 
@@ -175,10 +199,13 @@ class _Task:
     size: str
     image_path: Path
     label_path: Path
+    appearance: str = "realistic"
+    field_of_view: str = "standard"
 
 
 def _run_task(task: _Task) -> str:
-    write_case(generate_case(task.index, task.seed, task.size), task.image_path, task.label_path)
+    write_case(generate_case(task.index, task.seed, task.size, task.appearance, task.field_of_view), task.image_path,
+               task.label_path)
     return task.image_path.name
 
 
@@ -195,8 +222,6 @@ def _check_arguments(dataset_id: int, num_cases: int, num_test_cases: int, size:
         raise InputError(f"--num-cases must be at least 1, got {num_cases}")
     if num_test_cases < 0:
         raise InputError(f"--num-test-cases must be >= 0, got {num_test_cases}")
-    if size not in SIZES:
-        raise InputError(f"--size must be one of {', '.join(SIZES)}, got {size!r}")
     if seed < 0:
         raise InputError(f"--seed must be >= 0, got {seed}")
     if num_processes < 1:
@@ -205,13 +230,16 @@ def _check_arguments(dataset_id: int, num_cases: int, num_test_cases: int, size:
 
 def make_phantom_dataset(raw_root: str | os.PathLike, dataset_id: int = 500, num_cases: int = 20,
                          num_test_cases: int = 5, size: str = "full", seed: int = 0, num_processes: int = 1,
-                         overwrite: bool = False, progress: bool = False) -> Path:
+                         overwrite: bool = False, progress: bool = False, appearance: str = "realistic",
+                         field_of_view: str | None = None) -> Path:
     """Write `DatasetXXX_Phantom` under `raw_root` and return its folder.
 
     Training cases are `phantom_000 ...` (imagesTr/labelsTr), held-out cases `phantom_test_000 ...`
     (imagesTs/labelsTs). Cases whose image and label both exist are kept unless `overwrite`;
     dataset.json is written last.
     """
+    field_of_view = field_of_view or default_field_of_view(appearance)
+    _check_style(size, appearance, field_of_view)
     _check_arguments(dataset_id, num_cases, num_test_cases, size, seed, num_processes)
     raw_root = Path(raw_root)
     folder = raw_root / f"Dataset{dataset_id:03d}_Phantom"
@@ -222,9 +250,12 @@ def make_phantom_dataset(raw_root: str | os.PathLike, dataset_id: int = 500, num
     json_path = folder / "dataset.json"
     if json_path.is_file() and not overwrite:
         previous = read_json(json_path).get("phantom", {})
-        if previous.get("seed") != seed or previous.get("size") != size:
-            raise InputError(f"{folder} was generated with seed {previous.get('seed')} and size {previous.get('size')}; "
-                             f"use --overwrite to regenerate it with seed {seed} and size {size}")
+        wanted = {"seed": seed, "size": size, "appearance": appearance, "field_of_view": field_of_view}
+        found = {"appearance": "realistic", "field_of_view": "standard", **previous}  # written before either existed
+        if any(found.get(key) != value for key, value in wanted.items()):
+            described = lambda values: ", ".join(f"{key} {values.get(key)}" for key in wanted)  # noqa: E731
+            raise InputError(f"{folder} was generated with {described(found)}; use --overwrite to regenerate it with "
+                             f"{described(wanted)}")
 
     planned: dict[str, list[tuple[int, str]]] = {
         "Tr": list(enumerate(_case_ids("phantom", num_cases))),
@@ -248,7 +279,7 @@ def make_phantom_dataset(raw_root: str | os.PathLike, dataset_id: int = 500, num
         for index, case in cases:
             image_path, label_path = images / f"{case}_0000{FILE_ENDING}", labels / f"{case}{FILE_ENDING}"
             if overwrite or not (image_path.is_file() and label_path.is_file()):
-                tasks.append(_Task(index, seed, size, image_path, label_path))
+                tasks.append(_Task(index, seed, size, image_path, label_path, appearance, field_of_view))
     if overwrite and json_path.is_file():
         json_path.unlink()
 
@@ -263,5 +294,5 @@ def make_phantom_dataset(raw_root: str | os.PathLike, dataset_id: int = 500, num
             with ProcessPoolExecutor(min(num_processes, len(tasks)), mp_context=get_context("spawn")) as pool:
                 for _ in pool.map(_run_task, tasks):
                     bar.update()
-    write_json(json_path, dataset_json(num_cases, num_test_cases, seed, size))
+    write_json(json_path, dataset_json(num_cases, num_test_cases, seed, size, appearance, field_of_view))
     return folder

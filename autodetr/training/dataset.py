@@ -22,6 +22,7 @@ from batchgenerators.dataloading.data_loader import DataLoader
 from autodetr.atomic_io import NPZ_ERRORS, read_json
 from autodetr.errors import InputError
 from autodetr.preprocessing.case_arrays import left_right_axis, pad_to_input
+from autodetr.preprocessing.orientation import Reorientation
 from autodetr.preprocessing.identity import check_cases_match_plans
 
 def batch_seed(seed: int, rank: int, epoch: int, iteration: int) -> np.ndarray:
@@ -67,12 +68,14 @@ def load_case(path: Path) -> dict[str, np.ndarray]:
 
 
 def case_left_right_axes(files: Sequence[CaseFiles], transpose_forward: Sequence[int]) -> dict[str, int]:
-    """Left-right axis (preprocessed array) of every case, from the direction in its restore JSON."""
+    """Left-right axis (preprocessed array) of every case, from the direction of its reoriented array
+    (restore JSON: the stored direction and the reorientation applied to it)."""
     axes = {}
     for entry in files:
         direction = None
         try:
-            direction = read_json(entry.restore_json)["restore"]["geometry"]["direction"]
+            restore = read_json(entry.restore_json)["restore"]
+            direction = Reorientation.from_json(restore.get("reorientation")).direction(restore["geometry"]["direction"])
         except (KeyError, TypeError, ValueError, OSError, InputError):
             direction = None
         axes[entry.case_id] = left_right_axis(transpose_forward, direction)

@@ -1,0 +1,73 @@
+"""Domain-randomised phantoms: contrast phases with real CT's enhancement, scan ranges cut anywhere, exact labels."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autodetr.boxes import boxes_from_label_map
+from autodetr.phantom.anatomy import CLASS_NAMES
+from autodetr.phantom.generator import generate_case
+from autodetr.phantom.randomised import PHASE_HU, TISSUE_JITTER_HU
+
+LIVER, AORTA, BLADDER = (CLASS_NAMES.index(name) + 1 for name in ("liver", "aorta", "urinary_bladder"))
+
+
+def exact_boxes(case) -> None:
+    """Every placed box is the bounding box of its label's voxels, and every label present has one."""
+    found, values = boxes_from_label_map(case.label)
+    assert {CLASS_NAMES[v - 1]: tuple(int(c) for c in box) for box, v in zip(found, values)} == case.placed_boxes
+
+
+@pytest.fixture(scope="module")
+def randomised_cases():
+    return [generate_case(index, seed=11, size="small", appearance="randomised") for index in range(10)]
+
+
+def test_contrast_phases_enhance_the_organs_as_real_ct(randomised_cases) -> None:
+    phases = {case.info["phase"] for case in randomised_cases}
+    assert len(phases) >= 3  # the phase is drawn per scan
+    checked = 0
+    for case in randomised_cases:
+        liver = case.image[case.label == LIVER]
+        if liver.size < 200:
+            continue
+        low, high = PHASE_HU[case.info["phase"]]["liver"]
+        median = float(np.median(liver))  # texture, vessels and noise move voxels, not the median by much
+        assert low - TISSUE_JITTER_HU - 25 <= median <= high + TISSUE_JITTER_HU + 25, (case.info, median)
+        checked += 1
+    assert checked >= 3
+    portal = [float(np.median(c.image[c.label == LIVER])) for c in randomised_cases
+              if c.info["phase"] == "portal_venous" and (c.label == LIVER).sum() >= 200]
+    native = [float(np.median(c.image[c.label == LIVER])) for c in randomised_cases
+              if c.info["phase"] == "native" and (c.label == LIVER).sum() >= 200]
+    if portal and native:  # the enhanced liver is brighter than the unenhanced one
+        assert min(portal) > max(native) - 2 * TISSUE_JITTER_HU
+
+
+def test_randomised_scans_start_and_end_anywhere_with_exact_cut_labels(randomised_cases) -> None:
+    extents = [case.image.shape[0] * case.spacing[0] for case in randomised_cases]
+    assert max(extents) > 1.4 * min(extents)
+    cut = 0
+    for case in randomised_cases:
+        exact_boxes(case)
+        assert case.image.shape == case.label.shape
+        cut += sum(box[0] == 0 or box[3] == case.label.shape[0] for box in case.placed_boxes.values())
+    assert cut >= 3  # organs cut by the scan's ends keep the box of their voxels inside the scan
+    assert any(len(case.placed_boxes) < len(CLASS_NAMES) - 1 for case in randomised_cases)  # partial ranges
+
+
+def test_randomised_appearance_keeps_the_anatomy_and_partial_ranges_hold_their_organs() -> None:
+    realistic = generate_case(3, seed=5, size="small")
+    randomised = generate_case(3, seed=5, size="small", appearance="randomised", field_of_view="standard")
+    assert randomised.info["appearance"] == "randomised" and realistic.info["appearance"] == "realistic"
+    # same anatomy and scan range: the labels agree inside the randomised scan's (possibly smaller) window
+    dy = int(round((randomised.origin[1] - realistic.origin[1]) / realistic.spacing[1]))
+    dx = int(round((randomised.origin[2] - realistic.origin[2]) / realistic.spacing[2]))
+    window = realistic.label[:, dy:dy + randomised.label.shape[1], dx:dx + randomised.label.shape[2]]
+    np.testing.assert_array_equal(window, randomised.label)
+    assert not np.array_equal(realistic.image[:, dy:dy + randomised.label.shape[1], dx:dx + randomised.label.shape[2]],
+                              randomised.image)
+    exact_boxes(randomised)
+    upper = generate_case(3, seed=5, size="full", appearance="randomised", field_of_view="upper_abdomen")
+    assert "liver" in upper.placed_boxes and "urinary_bladder" not in upper.placed_boxes
+    exact_boxes(upper)
