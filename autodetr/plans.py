@@ -270,6 +270,13 @@ class Plans:
         """The plan's top-level `key` as stored (None when absent), e.g. for identity hashes."""
         return copy.deepcopy(self._data.get(key))
 
+    @property
+    def orientation(self) -> str:
+        """"LPS": scans are brought to the canonical array order before preprocessing
+        (`autodetr.preprocessing.orientation`); "stored": kept as stored (plans made before reorientation,
+        whose models learned the order their training scans were stored in)."""
+        return str(self._data.get("orientation", "stored"))
+
     def normalization(self, channel: int) -> str:
         """nnU-Net normalisation scheme name of input channel `channel`."""
         return str(self._data["normalization"][str(channel)])

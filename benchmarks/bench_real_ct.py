@@ -39,8 +39,9 @@ from autodetr.preprocessing.orientation import Reorientation  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "totalseg_example"
 PREDICT = "import sys; from autodetr.inference.entrypoints import main; sys.exit(main(sys.argv[1:]))"
-STORED_ORDER = ("import sys; from autodetr.preprocessing.orientation import Reorientation; "
-                "Reorientation.from_direction = classmethod(lambda cls, direction: cls()); " + PREDICT.split("; ", 1)[1])
+FORCED_ORDER = ("from autodetr.preprocessing.orientation import Reorientation; "
+                "planned = Reorientation.planned.__func__; "
+                "Reorientation.planned = classmethod(lambda cls, orientation, direction: planned(cls, '{orientation}', direction)); ")
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,9 +51,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("-d", "--dataset", help="dataset id or name whose dqm model to use (as autodetr_predict -d)")
     parser.add_argument("-f", "--folds", nargs="+", default=None, help="folds to use (default: autodetr_predict's)")
     parser.add_argument("--disable-tta", action="store_true", help="predict without the test-time copies")
-    parser.add_argument("--no-reorientation", action="store_true",
-                        help=("predict as autodetr did before scans were brought to the canonical orientation (the "
-                              "array order as stored), for the before / after comparison"))
+    parser.add_argument("--orientation", choices=["plan", "LPS", "stored"], default="plan",
+                        help=("'plan': as the model's plans say (plans made before reorientation keep the stored "
+                              "order); 'LPS' / 'stored': force the canonical order or the stored one, to compare "
+                              "the same weights both ways"))
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the real example")
     parser.add_argument("--name", default="model", help="name of this row (output sub-folder)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "output" / "bench_real_ct",
@@ -62,8 +64,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def predict(args: argparse.Namespace, image: Path, output: Path) -> dict:
     """`autodetr_predict` on one image in its own process: the measured figures and the prediction."""
-    command = [sys.executable, "-c", STORED_ORDER if args.no_reorientation else PREDICT, "-i", str(image), "-o", str(output),
-               "-np", "1", "--overwrite"]
+    program = PREDICT if args.orientation == "plan" else FORCED_ORDER.format(orientation=args.orientation) + PREDICT
+    command = [sys.executable, "-c", program, "-i", str(image), "-o", str(output), "-np", "1", "--overwrite"]
     command += ["-m", str(args.model)] if args.model else ["-d", str(args.dataset)]
     if args.folds:
         command += ["-f", *args.folds]
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "name": args.name, "model": str(args.model or args.dataset), "folds": args.folds, "tta": not args.disable_tta,
-        "reoriented": not args.no_reorientation,
+        "orientation": args.orientation,
         "summary": summary,
         "organs": [organ.__dict__ for organ in organs],
         "predict": {name: {k: v for k, v in run.items() if k != "prediction"} for name, run in (("crop", crop), ("full", full))},

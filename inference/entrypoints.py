@@ -11,25 +11,30 @@ from autodetr.inference.ensemble import DEFAULT_IOU_THRESHOLD
 from autodetr.inference.predict_api import CHECKPOINT_NAMES, DEFAULT_MODEL
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="autodetr_predict",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=textwrap.fill(
-            "Detect organs in CT images with a trained autodetr model: every case is preprocessed exactly as in "
-            "training, predicted by each chosen fold, the folds' boxes are fused (weighted box clustering) and "
-            "written per case as <case>.json (boxes in original voxel indices and in world mm), plus boxes.csv "
-            "over all cases.", 100),
-        epilog="examples:\n"
-        "  autodetr_predict -i imagesTs -o predictions -d 500\n"
-        "  autodetr_predict -i scan.nii.gz -o out -m $AUTODETR_results/Dataset500_Phantom/" + DEFAULT_MODEL + " -f 0\n"
-        "  autodetr_predict -i dicom_folder -o out --save-masks --slicer\n"
-        "  autodetr_predict -i imagesTs -o quick -d 500 --disable-tta      # one pass per fold\n"
-        "  autodetr_predict -i imagesTs -o prior -d 500 --atlas-prior   # the baseline, same folds\n"
-        + textwrap.fill("A case that fails is named on stderr with the reason; the others are still written, and the "
-                        "exit code is 1 (2 for a problem with the whole command, e.g. no trained model). A rerun skips "
-                        "cases whose <case>.json exists (use --overwrite to redo them).", 100),
-    )
+def _description() -> str:
+    """What the command does, wrapped for `--help`."""
+    return textwrap.fill(
+        "Detect organs in CT images with a trained autodetr model: every case is preprocessed exactly as in "
+        "training, predicted by each chosen fold, the folds' boxes are fused (weighted box clustering) and "
+        "written per case as <case>.json (boxes in original voxel indices and in world mm), plus boxes.csv "
+        "over all cases.", 100)
+
+
+def _epilog() -> str:
+    """Examples and the exit codes, for the end of `--help`."""
+    return ("examples:\n"
+            "  autodetr_predict -i imagesTs -o predictions -d 500\n"
+            "  autodetr_predict -i scan.nii.gz -o out -m $AUTODETR_results/Dataset500_Phantom/" + DEFAULT_MODEL + " -f 0\n"
+            "  autodetr_predict -i dicom_folder -o out --save-masks --slicer\n"
+            "  autodetr_predict -i imagesTs -o quick -d 500 --disable-tta      # one pass per fold\n"
+            "  autodetr_predict -i imagesTs -o prior -d 500 --atlas-prior   # the baseline, same folds\n"
+            + textwrap.fill("A case that fails is named on stderr with the reason; the others are still written, and the "
+                            "exit code is 1 (2 for a problem with the whole command, e.g. no trained model). A rerun skips "
+                            "cases whose <case>.json exists (use --overwrite to redo them).", 100))
+
+
+def _add_input_and_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the images come from, where the boxes go, and which trained model, folds and checkpoint predict."""
     parser.add_argument("-i", "--input", required=True,
                         help="a folder of images (.nii.gz, .nii, .nrrd, .mha, .mhd, .nhdr; the nnU-Net channel suffix "
                         "_0000 is optional, case_0000.nii.gz -> case 'case'), a single image file, or a folder with "
@@ -47,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", choices=sorted(CHECKPOINT_NAMES), default=None,
                         help="checkpoint of each fold: best (best validation), final (end of training) or last "
                         "(latest saved); default: best, else final, else last, per fold")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the prediction runs: test-time copies, device and reader processes."""
     parser.add_argument("--disable-tta", action="store_true",
                         help="no test-time augmentation (as nnU-Net's --disable_tta). By default every fold also "
                         "predicts the copies made with the transforms its training used: the case moved to "
@@ -59,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-np", "--num-processes", type=int, default=2,
                         help="worker processes that read and preprocess cases ahead of the prediction (default 2; "
                         "1 = everything in this process)")
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """What is written per case: extra files, which detections, reruns, the atlas prior instead of the model."""
     parser.add_argument("--save-masks", action="store_true",
                         help="also write <case>_boxes.nii.gz: every box filled with its label value on the original "
                         "image grid (same size, spacing, origin, direction), for ITK-SNAP / 3D Slicer")
@@ -81,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "on the same cases: a model that does not beat its atlas prior has only learned where "
                              "organs usually lie")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `autodetr_predict` command line."""
+    parser = argparse.ArgumentParser(
+        prog="autodetr_predict",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_description(),
+        epilog=_epilog(),
+    )
+    _add_input_and_model_arguments(parser)
+    _add_run_arguments(parser)
+    _add_output_arguments(parser)
     return parser
 
 

@@ -159,13 +159,13 @@ class Variant:
     offset: tuple[int, ...] = (0, 0, 0)
 
 
-def lateral_axis(geometry: Geometry, transpose_forward: Sequence[int]) -> int:
+def lateral_axis(geometry: Geometry, transpose_forward: Sequence[int], orientation: str = "LPS") -> int:
     """The preprocessed axis that runs closest to the patient's left-right (world x) direction in the reoriented array (the
     training data loader's own rule, `autodetr.training.dataset.left_right_axis`)."""
     from autodetr.preprocessing.case_arrays import left_right_axis
     from autodetr.preprocessing.orientation import Reorientation
 
-    return left_right_axis(transpose_forward, Reorientation.from_direction(geometry.direction).direction(geometry.direction))
+    return left_right_axis(transpose_forward, Reorientation.planned(orientation, geometry.direction).direction(geometry.direction))
 
 
 def training_mirrored_left_right(plans: dict) -> bool:
@@ -213,7 +213,7 @@ def tta_variants(plans: dict, geometry: Geometry, shape: Sequence[int] | None = 
     planned = Plans.of(plans)
     variants = [Variant()]
     if training_mirrored_left_right(planned):
-        variants.append(Variant((lateral_axis(geometry, planned.transpose_forward),), True))
+        variants.append(Variant((lateral_axis(geometry, planned.transpose_forward, planned.orientation),), True))
     if shape is not None and training_shifted(planned):
         variants.extend(Variant(offset=offset) for offset in shift_offsets(shape, planned.input_size))
     return variants

@@ -31,6 +31,7 @@ from nnunetv2.preprocessing.resampling.default_resampling import ANISO_THRESHOLD
 
 from autodetr.errors import InputError
 from autodetr.paths import PLANS_NAME
+from autodetr.preprocessing.orientation import CANONICAL
 from autodetr.preprocessing.raw_dataset import OrganClass
 from autodetr.plans import DERIVED_FROM, TRAINING_DEFAULTS, eta_of, query_count, recompute_derived, set_path
 
@@ -166,15 +167,16 @@ def plan_geometry(fingerprint: dict, budget: dict, preset: str, spacing: list[fl
                            [list(map(int, k)) for k in pool_kernels[1:]])
 
 
-def plan_network(budget: dict, strides: list[list[int]], backbone: str, in_channels: int, num_queries: int,
-                 num_classes: int, decisions: dict[str, str]) -> dict:
-    """`plans["network"]`: backbone stages from the strides, the preset's widths, class-anchored queries with
-    mask-enhanced anchors read from the fine segmentation head."""
+def _stem_and_stage_strides(budget: dict, strides: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """(stem stride, stage strides): the CPU preset downsamples first in the stem, the GPU preset does not."""
     if budget["stride_in_stem"] and strides:
-        stem_stride, stage_strides = strides[0], strides[1:]
-    else:
-        stem_stride, stage_strides = [1, 1, 1], strides
-    num_levels = min(budget["num_feature_levels"], len(stage_strides))
+        return strides[0], strides[1:]
+    return [1, 1, 1], strides
+
+
+def _record_topology_decisions(budget: dict, strides: list[list[int]], num_levels: int,
+                               decisions: dict[str, str]) -> None:
+    """The reasons for the strides, the query design and the mask-enhanced anchors."""
     decisions["network"] = (
         f"strides per level {strides} from get_pool_and_conv_props(spacing, input size, min feature map "
         f"{MIN_FEATURE_MAP_SIZE}); {'first stride in the stem (CPU preset)' if budget['stride_in_stem'] else 'full-resolution stem'}; "
@@ -189,6 +191,10 @@ def plan_network(budget: dict, strides: list[list[int]], backbone: str, in_chann
         "each class group's first query starts at the box of the class's mask from the fine segmentation head "
         "where one is found, else at the atlas median (Mask DINO's mask-enhanced anchors; autodetr.model.anchors)"
     )
+
+
+def _record_head_decisions(stem_stride: list[int], decisions: dict[str, str]) -> None:
+    """The reasons for the mask spread, the fine segmentation head, the decoder's fine level and D-RMM groups."""
     decisions["mask_spread"] = (
         f"mask spread {MASK_SPREAD}: where the segmentation finds a class, every query of its group starts around the "
         f"mask box (centre within {MASK_SPREAD} box sizes, size x 1 +- {MASK_SPREAD}; DINO's jittered anchors), not only "
@@ -213,6 +219,16 @@ def plan_network(budget: dict, strides: list[list[int]], backbone: str, in_chann
         "D-RMM class groups (query k serves class k mod C) when N >= C: a free class head lets one query "
         "explain several neighbouring organs (autodetr.model.drmm_head)"
     )
+
+
+def plan_network(budget: dict, strides: list[list[int]], backbone: str, in_channels: int, num_queries: int,
+                 num_classes: int, decisions: dict[str, str]) -> dict:
+    """`plans["network"]`: backbone stages from the strides, the preset's widths, class-anchored queries with
+    mask-enhanced anchors read from the fine segmentation head."""
+    stem_stride, stage_strides = _stem_and_stage_strides(budget, strides)
+    num_levels = min(budget["num_feature_levels"], len(stage_strides))
+    _record_topology_decisions(budget, strides, num_levels, decisions)
+    _record_head_decisions(stem_stride, decisions)
     return {
         "backbone": backbone,
         "in_channels": in_channels,
@@ -313,6 +329,10 @@ def plan_experiment(
     geometry = plan_geometry(fingerprint, budget, preset, spacing, input_size, decisions)
     most_organs = max(1, int(fingerprint["detection"]["organs_per_case"]["max"]))
     num_queries = query_count(QUERIES_DEFAULT, rho, most_organs, len(classes))
+    decisions["orientation"] = (
+        "every scan is brought to the canonical LPS array order (a signed axis permutation from its direction "
+        "matrix) before preprocessing, so organs sit where training saw them whatever order a file stores; the real "
+        "example, stored as diag(-1, -1, 1), had its liver on the spleen's side without it (docs/real_ct.md)")
     decisions["num_queries"] = f"N = rho * C = {rho} * {len(classes)} (class-anchored: rho queries per class)"
     decisions["eta"] = f"ceil(lambda * rho) = ceil({matching_ratio} * {rho}), clipped to [1, 5] (Organ-DETR Eq. 5)"
     channel_names = dataset_json["channel_names"]
@@ -325,6 +345,7 @@ def plan_experiment(
         "classes": [{"index": c.index, "label_value": c.label_value, "name": c.name} for c in classes],
         "lateral_pairs": lateral_pairs(classes),
         "channel_names": channel_names,
+        "orientation": CANONICAL,
         "transpose_forward": geometry.forward,
         "transpose_backward": geometry.backward,
         "spacing": [float(s) for s in geometry.spacing],

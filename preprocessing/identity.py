@@ -26,6 +26,8 @@ def preprocessing_identity(plans: dict) -> str:
     """16 hex digits of the SHA-256 of the plan's preprocessing values (canonical JSON)."""
     planned = Plans.of(plans)
     values = {key: planned.value(key) for key in PREPROCESSING_KEYS}
+    if planned.value("orientation") is not None:  # plans made before reorientation keep their identity
+        values["orientation"] = planned.value("orientation")
     text = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -23,6 +23,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 IDENTITY_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+#: The plans' `orientation` of the canonical order (new plans); "stored" keeps the stored order.
+CANONICAL = "LPS"
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,12 @@ class Reorientation:
 
     def to_json(self) -> dict:
         return {"source_axes": list(self.source_axes), "flipped": list(self.flipped)}
+
+    @classmethod
+    def planned(cls, orientation: str, direction: Sequence[float] | None) -> "Reorientation":
+        """What a plan's `orientation` asks for a scan of `direction`: the canonical order for "LPS", the
+        stored order (identity) for "stored" (plans made before reorientation)."""
+        return cls.from_direction(direction) if orientation == CANONICAL else cls()
 
     @classmethod
     def from_json(cls, content: dict | None) -> "Reorientation":

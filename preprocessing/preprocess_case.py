@@ -71,7 +71,7 @@ def preprocess_image(
     corner boxes (original voxels) into the network's grid."""
     planned = Plans.of(plans)
     forward = planned.transpose_forward
-    reorientation = Reorientation.from_direction(geometry.direction)
+    reorientation = Reorientation.planned(planned.orientation, geometry.direction)
     spacing = reorientation.spacing(geometry.spacing_zyx)[forward]
     image = reorientation.array(image).transpose([0] + [a + 1 for a in forward])
     label = None if class_map is None else reorientation.array(class_map).transpose(forward)

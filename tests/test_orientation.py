@@ -19,7 +19,7 @@ LIVER, SPLEEN = 5, 1  # TotalSegmentator label values in the shared example
 
 def ct_plans(spacing=(6.0, 6.0, 6.0), input_size=(32, 48, 48)) -> dict:
     return {
-        "input_size": list(input_size), "spacing": list(spacing), "transpose_forward": [0, 1, 2],
+        "input_size": list(input_size), "spacing": list(spacing), "transpose_forward": [0, 1, 2], "orientation": "LPS",
         "normalization": {"0": "CTNormalization"},
         "foreground_intensity_properties_per_channel": {"0": {"mean": 40.0, "std": 60.0, "percentile_00_5": -200.0,
                                                               "percentile_99_5": 400.0}},
@@ -83,3 +83,10 @@ def test_the_real_scan_preprocesses_alike_in_every_voxel_order_with_its_organs_i
     assert (liver[2] + liver[5]) / 2 < width / 2 < (spleen[2] + spleen[5]) / 2  # liver on the patient's right
     spine = reference_boxes[31]  # vertebra L1 lies behind the liver's centre
     assert (spine[1] + spine[4]) / 2 > (liver[1] + liver[4]) / 2
+    # plans made before reorientation ("stored") keep the stored order, as their models were trained on it
+    values_map = sitk.GetArrayFromImage(label).astype(np.int16)
+    boxes, values = boxes_from_label_map(values_map)
+    stored = preprocess_image(array[None].astype(np.float32), Geometry.from_image(image), {**plans, "orientation": "stored"},
+                              values_map, boxes, values)
+    stored_liver = dict(zip(values.tolist(), stored.boxes))[LIVER]
+    assert (stored_liver[2] + stored_liver[5]) / 2 > width / 2

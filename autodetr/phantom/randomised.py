@@ -23,14 +23,17 @@ the organ's voxels inside the scan.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
 from autodetr.phantom.anatomy import Anatomy
-from autodetr.phantom.appearance import Bone, Hollow, Parenchyma, Uniform
+from autodetr.phantom.appearance import Bone, Hollow, Painter, Parenchyma, Uniform
 from autodetr.phantom.geometry import FieldOfView, sample_field_of_view as standard_field_of_view
 from autodetr.phantom.scanner import add_blurred_noise
 from autodetr.phantom.shapes import Grid
+from autodetr.phantom.structure import Structure
 
 APPEARANCES = ("realistic", "randomised")
 PHASES = ("native", "arterial", "portal_venous", "delayed")
@@ -74,6 +77,22 @@ def _content(rng: np.random.Generator, oral_contrast: bool) -> float:
     return float(rng.uniform(150, 500)) if oral_contrast and rng.random() < 0.7 else float(rng.uniform(-20, 60))
 
 
+@dataclass
+class _ScanStyle:
+    """What one randomised scan drew: its phase, the enhancing tissues' values, oral contrast, muscle, bone."""
+
+    phase: str
+    table: dict[str, float]
+    oral_contrast: bool
+    muscle: float
+    bone: Bone
+    rng: np.random.Generator
+
+    def lesion(self, base: float) -> float:
+        """A lesion darker or brighter than its organ."""
+        return float(base + self.rng.choice([-1, 1]) * self.rng.uniform(25, 80))
+
+
 def randomise_appearance(anatomy: Anatomy, rng: np.random.Generator) -> dict:
     """Replace every structure's painter (and the body's tissue values) with a randomised one; returns what
     was drawn (phase, flags) for the case's info."""
@@ -84,65 +103,73 @@ def randomise_appearance(anatomy: Anatomy, rng: np.random.Generator) -> dict:
     fat = _draw(rng, -120, -80)
     anatomy.outline.hu.update(fat=fat, visceral_fat=fat + rng.uniform(-15, 15), muscle=muscle)
     bone = Bone(_draw(rng, 350, 1100), _draw(rng, 90, 330), shell_mm=float(rng.uniform(1.0, 3.0)))
-    lesion_hu = lambda base: float(base + rng.choice([-1, 1]) * rng.uniform(25, 80))  # noqa: E731
+    style = _ScanStyle(phase, table, oral_contrast, muscle, bone, rng)
     for structure in anatomy.structures:
-        name = structure.name
-        if name == "liver":
-            vessel = table["portal"] if phase != "native" else table["liver"] - rng.uniform(10, 30)
-            structure.painter = Parenchyma(table["liver"], rng.uniform(2, 12), vessel=vessel, vessel_width=rng.uniform(0.05, 0.12),
-                                           lesion=(lesion_hu(table["liver"]) if rng.random() < 0.5 else rng.uniform(0, 20))
-                                           if rng.random() < 0.4 else None, lesion_fraction=rng.uniform(0.005, 0.05))
-        elif name == "spleen":
-            heterogeneous = phase == "arterial"
-            structure.painter = Parenchyma(table["spleen"], rng.uniform(20, 45) if heterogeneous else rng.uniform(2, 8),
-                                           (8.0, 20.0) if heterogeneous else (15.0, 40.0),
-                                           lesion=lesion_hu(table["spleen"]) if rng.random() < 0.1 else None,
-                                           lesion_fraction=rng.uniform(0.01, 0.04))
-        elif name.startswith("kidney_"):
-            structure.painter = Parenchyma(table["kidney"], rng.uniform(2, 10), cortex=table["kidney_cortex"],
-                                           cortex_level=rng.uniform(0.7, 0.85),
-                                           lesion=rng.uniform(0, 20) if rng.random() < 0.3 else None,
-                                           lesion_fraction=rng.uniform(0.01, 0.06))
-        elif name == "pancreas":
-            structure.painter = Parenchyma(table["pancreas"] - rng.uniform(0, 40), rng.uniform(5, 30), (5.0, 15.0))
-        elif name == "gallbladder":
-            structure.painter = Parenchyma(_draw(rng, -5, 30), rng.uniform(0, 5),
-                                           lesion=rng.uniform(200, 800) if rng.random() < 0.15 else None,
-                                           lesion_fraction=rng.uniform(0.02, 0.08))
-        elif name == "urinary_bladder":
-            excreted = phase == "delayed" and rng.random() < 0.5
-            structure.painter = Uniform(rng.uniform(80, 400) if excreted else _draw(rng, -5, 25), rng.uniform(0, 4))
-        elif name == "stomach":
-            structure.painter = Hollow(table["bowel_wall"], _content(rng, oral_contrast), structure.painter.wall_fraction,
-                                       air_level_y=structure.painter.air_level_y if rng.random() < 0.7 else None,
-                                       bubbles=rng.uniform(0, 0.1), mottle=rng.uniform(0, 40))
-        elif name in ("colon", "duodenum") or name.startswith("small_bowel_"):
-            old = structure.painter
-            content = float(rng.uniform(-80, 40)) if name == "colon" and rng.random() < 0.6 else _content(rng, oral_contrast)
-            structure.painter = Hollow(table["bowel_wall"], content, old.wall_fraction, air_level_y=old.air_level_y,
-                                       bubbles=rng.uniform(0, 0.3) if name == "colon" else rng.uniform(0, 0.05),
-                                       mottle=rng.uniform(0, 60) if name == "colon" else rng.uniform(0, 15))
-        elif name in ARTERIES:
-            structure.painter = Parenchyma(table["artery"], rng.uniform(0, 8),
-                                           lesion=rng.uniform(300, 1000) if rng.random() < 0.4 else None,
-                                           lesion_fraction=rng.uniform(0.01, 0.06))
-        elif name in PORTAL_VEINS:
-            structure.painter = Uniform(table["portal"], rng.uniform(0, 8))
-        elif name in SYSTEMIC_VEINS:
-            structure.painter = Uniform(table["vein"], rng.uniform(0, 15))
-        elif name == "heart":
-            structure.painter = Uniform(table["heart"], rng.uniform(0, 10))
-        elif name == "lung_bases":
-            structure.painter = Hollow(muscle, _draw(rng, -900, -780), structure.painter.wall_fraction, mottle=rng.uniform(0, 40))
-        elif name in MUSCLES:
-            structure.painter = Uniform(muscle + rng.uniform(-10, 10), rng.uniform(0, 6))
-        elif name == "spinal_canal":
-            structure.painter = Uniform(_draw(rng, 5, 35))
-        elif name == "discs":
-            structure.painter = Uniform(_draw(rng, 60, 120))
-        elif isinstance(structure.painter, Bone):
-            structure.painter = bone
+        painter = _organ_painter(structure, style) or _tissue_painter(structure, style)
+        if painter is not None:
+            structure.painter = painter
     return {"phase": phase, "oral_contrast": oral_contrast}
+
+
+def _organ_painter(structure: Structure, style: _ScanStyle) -> Painter | None:
+    """The randomised look of a solid abdominal organ (labelled ones and the heart), None for others."""
+    name, table, rng = structure.name, style.table, style.rng
+    if name == "liver":
+        vessel = table["portal"] if style.phase != "native" else table["liver"] - rng.uniform(10, 30)
+        return Parenchyma(table["liver"], rng.uniform(2, 12), vessel=vessel, vessel_width=rng.uniform(0.05, 0.12),
+                          lesion=(style.lesion(table["liver"]) if rng.random() < 0.5 else rng.uniform(0, 20))
+                          if rng.random() < 0.4 else None, lesion_fraction=rng.uniform(0.005, 0.05))
+    if name == "spleen":
+        heterogeneous = style.phase == "arterial"
+        return Parenchyma(table["spleen"], rng.uniform(20, 45) if heterogeneous else rng.uniform(2, 8),
+                          (8.0, 20.0) if heterogeneous else (15.0, 40.0),
+                          lesion=style.lesion(table["spleen"]) if rng.random() < 0.1 else None,
+                          lesion_fraction=rng.uniform(0.01, 0.04))
+    if name.startswith("kidney_"):
+        return Parenchyma(table["kidney"], rng.uniform(2, 10), cortex=table["kidney_cortex"], cortex_level=rng.uniform(0.7, 0.85),
+                          lesion=rng.uniform(0, 20) if rng.random() < 0.3 else None, lesion_fraction=rng.uniform(0.01, 0.06))
+    if name == "pancreas":
+        return Parenchyma(table["pancreas"] - rng.uniform(0, 40), rng.uniform(5, 30), (5.0, 15.0))
+    if name == "gallbladder":
+        return Parenchyma(_draw(rng, -5, 30), rng.uniform(0, 5), lesion=rng.uniform(200, 800) if rng.random() < 0.15 else None,
+                          lesion_fraction=rng.uniform(0.02, 0.08))
+    if name == "urinary_bladder":
+        excreted = style.phase == "delayed" and rng.random() < 0.5
+        return Uniform(rng.uniform(80, 400) if excreted else _draw(rng, -5, 25), rng.uniform(0, 4))
+    if name == "heart":
+        return Uniform(table["heart"], rng.uniform(0, 10))
+    return None
+
+
+def _tissue_painter(structure: Structure, style: _ScanStyle) -> Painter | None:
+    """The randomised look of hollow organs, vessels, muscles and bones, None for what keeps its look."""
+    name, table, rng, old = structure.name, style.table, style.rng, structure.painter
+    if name == "stomach":
+        return Hollow(table["bowel_wall"], _content(rng, style.oral_contrast), old.wall_fraction,
+                      air_level_y=old.air_level_y if rng.random() < 0.7 else None, bubbles=rng.uniform(0, 0.1),
+                      mottle=rng.uniform(0, 40))
+    if name in ("colon", "duodenum") or name.startswith("small_bowel_"):
+        colon = name == "colon"
+        content = float(rng.uniform(-80, 40)) if colon and rng.random() < 0.6 else _content(rng, style.oral_contrast)
+        return Hollow(table["bowel_wall"], content, old.wall_fraction, air_level_y=old.air_level_y,
+                      bubbles=rng.uniform(0, 0.3) if colon else rng.uniform(0, 0.05),
+                      mottle=rng.uniform(0, 60) if colon else rng.uniform(0, 15))
+    if name in ARTERIES:
+        return Parenchyma(table["artery"], rng.uniform(0, 8), lesion=rng.uniform(300, 1000) if rng.random() < 0.4 else None,
+                          lesion_fraction=rng.uniform(0.01, 0.06))
+    if name in PORTAL_VEINS:
+        return Uniform(table["portal"], rng.uniform(0, 8))
+    if name in SYSTEMIC_VEINS:
+        return Uniform(table["vein"], rng.uniform(0, 15))
+    if name == "lung_bases":
+        return Hollow(style.muscle, _draw(rng, -900, -780), old.wall_fraction, mottle=rng.uniform(0, 40))
+    if name in MUSCLES:
+        return Uniform(style.muscle + rng.uniform(-10, 10), rng.uniform(0, 6))
+    if name == "spinal_canal":
+        return Uniform(_draw(rng, 5, 35))
+    if name == "discs":
+        return Uniform(_draw(rng, 60, 120))
+    return style.bone if isinstance(old, Bone) else None
 
 
 def sample_field_of_view(rng: np.random.Generator, anatomy: Anatomy, kind: str) -> FieldOfView:
@@ -153,7 +180,7 @@ def sample_field_of_view(rng: np.random.Generator, anatomy: Anatomy, kind: str) 
     if kind == "standard":
         return fov
     if kind == "random":
-        extent = float(np.exp(rng.uniform(np.log(80.0), np.log(480.0))))
+        extent = float(rng.uniform(80.0, 480.0))
         centre = float(rng.uniform(floor + 40.0, chest - 40.0))
         fov.z_low, fov.z_high = max(centre - extent / 2, floor), min(centre + extent / 2, chest)
     elif kind == "upper_abdomen":
