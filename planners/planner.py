@@ -307,6 +307,16 @@ def plan_recipe(budget: dict, preset: str, box_annotations: bool, decisions: dic
     return loss, training
 
 
+def _record_query_decisions(rho: float, matching_ratio: float, num_classes: int, decisions: dict[str, str]) -> None:
+    """The reasons for the canonical orientation, the number of queries N and the DQM duplicates eta."""
+    decisions["orientation"] = (
+        "every scan is brought to the canonical LPS array order (a signed axis permutation from its direction "
+        "matrix) before preprocessing, so organs sit where training saw them whatever order a file stores; the real "
+        "example, stored as diag(-1, -1, 1), had its liver on the spleen's side without it (docs/real_ct.md)")
+    decisions["num_queries"] = f"N = rho * C = {rho} * {num_classes} (class-anchored: rho queries per class)"
+    decisions["eta"] = f"ceil(lambda * rho) = ceil({matching_ratio} * {rho}), clipped to [1, 5] (Organ-DETR Eq. 5)"
+
+
 def plan_experiment(
     fingerprint: dict,
     dataset_json: dict,
@@ -329,12 +339,7 @@ def plan_experiment(
     geometry = plan_geometry(fingerprint, budget, preset, spacing, input_size, decisions)
     most_organs = max(1, int(fingerprint["detection"]["organs_per_case"]["max"]))
     num_queries = query_count(QUERIES_DEFAULT, rho, most_organs, len(classes))
-    decisions["orientation"] = (
-        "every scan is brought to the canonical LPS array order (a signed axis permutation from its direction "
-        "matrix) before preprocessing, so organs sit where training saw them whatever order a file stores; the real "
-        "example, stored as diag(-1, -1, 1), had its liver on the spleen's side without it (docs/real_ct.md)")
-    decisions["num_queries"] = f"N = rho * C = {rho} * {len(classes)} (class-anchored: rho queries per class)"
-    decisions["eta"] = f"ceil(lambda * rho) = ceil({matching_ratio} * {rho}), clipped to [1, 5] (Organ-DETR Eq. 5)"
+    _record_query_decisions(rho, matching_ratio, len(classes), decisions)
     channel_names = dataset_json["channel_names"]
     network = plan_network(budget, geometry.strides, backbone, len(channel_names), num_queries, len(classes), decisions)
     loss, training = plan_recipe(budget, preset, box_annotations, decisions)

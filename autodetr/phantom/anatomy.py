@@ -56,15 +56,10 @@ def _hu(rng: np.random.Generator, contrast: bool) -> dict[str, float]:
     return values
 
 
-def sample_anatomy(rng: np.random.Generator) -> Anatomy:
-    """Draw one patient: body outline, unlabelled tissue and the labelled organs."""
-    g = rng.uniform(0.9, 1.1)
-    contrast = bool(rng.random() < 0.6)
-    hu = _hu(rng, contrast)
-    spine = Spine.sample(rng, g)
+def _liver_and_gallbladder(rng: np.random.Generator, g: float, hu: dict[str, float]
+                           ) -> tuple[dict[str, Structure], float, bool]:
+    """Liver and (in ~75 % of patients) gallbladder; also the liver's top z and whether the gallbladder is there."""
     organs: dict[str, Structure] = {}
-    bone = Bone(hu["cortical"], hu["cancellous"])
-
     # --- liver: large tapered ellipsoid in the right upper quadrant, thin left lobe towards +x
     liver_centre = zyx(-50 * g, -5 * g, 40 * g) + rng.uniform(-8, 8, 3)
     liver_semi = np.array([80, 82, 100]) * g * rng.uniform(0.9, 1.12) * rng.uniform(0.92, 1.08, 3)
@@ -84,8 +79,13 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     if gallbladder_present:
         organs["gallbladder"] = Structure("gallbladder", gallbladder, Uniform(hu["gallbladder"]), _label("gallbladder"),
                                           gb_def)
+    return organs, liver_top, gallbladder_present
 
-    # --- kidneys: beans beside the spine, right one lower; hilum (notch) anteromedial
+
+def _kidneys(rng: np.random.Generator, g: float, hu: dict[str, float]
+             ) -> tuple[dict[str, Structure], dict[str, np.ndarray]]:
+    """Both kidneys (beans beside the spine, right one lower; hilum notch anteromedial) and their hila."""
+    organs: dict[str, Structure] = {}
     kidney_hila = {}
     for name, side, centre in (("kidney_left", 1, (75, 38, -12)), ("kidney_right", -1, (-72, 40, -32))):
         k_centre = zyx(*centre) * g + rng.uniform(-8, 8, 3)
@@ -97,37 +97,48 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         kidney = Difference(Superquadric(k_centre, semi, k_frame), notch)
         kidney_hila[name] = k_centre + k_frame[:, 1] * semi[1] * 0.9
         organs[name] = Structure(name, kidney, Uniform(hu["kidney"], 3.0), _label(name), SmoothDeformation.random(rng, 3.0))
+    return organs, kidney_hila
 
-    # --- spleen: crescent against the left posterolateral wall
+
+def _spleen(rng: np.random.Generator, g: float, hu: dict[str, float]) -> tuple[Structure, float, np.ndarray]:
+    """Spleen (a crescent against the left posterolateral wall), its top z and its hilum."""
     sp_centre = zyx(85 * g, 42 * g, 48 * g) + rng.uniform(-8, 8, 3)
     sp_frame = frame(zyx(0.1, -0.35, 1.0) + rng.uniform(-0.15, 0.15, 3), zyx(0.7, 0.7, 0.0))
     sp_semi = np.array([52, 20, 48]) * g * rng.uniform(0.78, 1.22) * rng.uniform(0.92, 1.08, 3)
     spleen = Difference(Superquadric(sp_centre, sp_semi, sp_frame),
                         Superquadric(sp_centre - sp_frame[:, 1] * sp_semi[1] * 1.5, sp_semi * [0.8, 0.9, 0.75], sp_frame))
     spleen_def = SmoothDeformation.random(rng, 5.0)
-    organs["spleen"] = Structure("spleen", spleen, Uniform(hu["spleen"], 3.0), _label("spleen"), spleen_def)
+    structure = Structure("spleen", spleen, Uniform(hu["spleen"], 3.0), _label("spleen"), spleen_def)
     spleen_hilum = sp_centre - sp_frame[:, 1] * sp_semi[1] * 0.8
+    return structure, float(extent(spleen, spleen_def)[1][0]), spleen_hilum
 
-    # --- stomach: J-shaped tube from the fundus (left, high, posterior) to the pylorus; air in front
+
+def _stomach(rng: np.random.Generator, g: float, hu: dict[str, float]) -> tuple[Structure, float, np.ndarray]:
+    """Stomach (J-shaped tube from the fundus to the pylorus, air in front), its top z and its centre-line points."""
     fill = rng.uniform(0.75, 1.15)
     st_points = points(rng, g, [(48, 12, 92), (62, -18, 62), (55, -45, 28), (22, -58, 8), (-8, -48, 6)], 6.0)
     st_radii = np.array([36, 36, 30, 22, 12]) * g * np.array([fill, fill, fill, np.sqrt(fill), 1.0])
     stomach = TubeChain(st_points, st_radii)
     air_level = rng.uniform(-70, -25) * g
     stomach_def = SmoothDeformation.random(rng, 5.0)
-    organs["stomach"] = Structure("stomach", stomach,
-                                  Hollow(hu["stomach_wall"], hu["stomach_content"], 4.0 / float(st_radii[:3].mean()),
-                                         air_level_y=air_level),
-                                  _label("stomach"), stomach_def)
-    left_top = max(float(extent(spleen, spleen_def)[1][0]), float(extent(stomach, stomach_def)[1][0]))
+    structure = Structure("stomach", stomach,
+                          Hollow(hu["stomach_wall"], hu["stomach_content"], 4.0 / float(st_radii[:3].mean()),
+                                 air_level_y=air_level),
+                          _label("stomach"), stomach_def)
+    return structure, float(extent(stomach, stomach_def)[1][0]), st_points
 
-    # --- pancreas: head in the duodenal C, body across the midline in front of the aorta, tail to the spleen
+
+def _pancreas(rng: np.random.Generator, g: float, hu: dict[str, float]) -> tuple[Structure, np.ndarray]:
+    """Pancreas (head in the duodenal C, body in front of the aorta, tail to the spleen) and its points."""
     pa_points = points(rng, g, [(-28, -22, -30), (-5, -38, -18), (30, -32, -6), (62, -6, 6), (82, 18, 16)], 5.0)
     pa_radii = np.array([15, 11, 11, 9, 7]) * g * rng.uniform(0.85, 1.15)
-    organs["pancreas"] = Structure("pancreas", TubeChain(pa_points, pa_radii), Uniform(hu["pancreas"], 4.0),
-                                   _label("pancreas"), SmoothDeformation.random(rng, 4.0))
+    structure = Structure("pancreas", TubeChain(pa_points, pa_radii), Uniform(hu["pancreas"], 4.0),
+                          _label("pancreas"), SmoothDeformation.random(rng, 4.0))
+    return structure, pa_points
 
-    # --- aorta (left-anterior of the spine, bifurcates at L4) and IVC (right of it, joins at L5)
+
+def _aorta(rng: np.random.Generator, g: float, hu: dict[str, float], spine: Spine) -> tuple[Structure, np.ndarray]:
+    """Aorta (left-anterior of the spine, bifurcating at L4) and its centre-line points."""
     aorta_radius = 12.5 * g * rng.uniform(0.85, 1.2)
     aorta_z = [200.0, 100.0, 30.0, 0.0, -spine.pitch, -2 * spine.pitch, -3 * spine.pitch + 5]
     aorta_x = [32, 28, 14, 12, 11, 9, 6]
@@ -138,43 +149,69 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         aorta_points.append(zyx(x * g + spine.x(z), y, z) + rng.uniform(-2, 2, 3))
     aorta_points = np.stack(aorta_points)
     aorta_radii = aorta_radius * np.linspace(1.0, 0.8, len(aorta_points))
-    organs["aorta"] = Structure("aorta", TubeChain(aorta_points, aorta_radii), Uniform(hu["artery"]), _label("aorta"),
-                                SmoothDeformation.random(rng, 2.0))
-    bifurcation = aorta_points[-1]
+    structure = Structure("aorta", TubeChain(aorta_points, aorta_radii), Uniform(hu["artery"]), _label("aorta"),
+                          SmoothDeformation.random(rng, 2.0))
+    return structure, aorta_points
 
+
+def _inferior_vena_cava(rng: np.random.Generator, g: float, hu: dict[str, float], spine: Spine, liver_top: float
+                        ) -> tuple[Structure, np.ndarray]:
+    """Inferior vena cava (right of the aorta, from above the liver to the confluence at L5) and its points."""
     ivc_radius = 11.5 * g * rng.uniform(0.85, 1.2)
     ivc_points = [zyx(-18 * g, -8 * g, liver_top + 15), zyx(-25 * g, -2 * g, liver_top - 40)]
     for z, x in ((0.0, -24), (-spine.pitch, -22), (-2 * spine.pitch, -22), (-3 * spine.pitch, -21),
                  (-4 * spine.pitch + 10, -13)):
         ivc_points.append(zyx(x * g + spine.x(z), spine.y(z) - spine.half_depth(z) - ivc_radius - 1, z))
     ivc_points = np.stack(ivc_points) + rng.uniform(-2, 2, (len(ivc_points), 3))
-    organs["inferior_vena_cava"] = Structure("inferior_vena_cava", TubeChain(ivc_points, np.full(len(ivc_points), ivc_radius)),
-                                             Uniform(hu["ivc"]), _label("inferior_vena_cava"), SmoothDeformation.random(rng, 2.0))
-    confluence = ivc_points[-1]
+    structure = Structure("inferior_vena_cava", TubeChain(ivc_points, np.full(len(ivc_points), ivc_radius)),
+                          Uniform(hu["ivc"]), _label("inferior_vena_cava"), SmoothDeformation.random(rng, 2.0))
+    return structure, ivc_points
 
-    # --- urinary bladder: on the pelvic floor behind the pubis, size depends on filling
+
+def _urinary_bladder(rng: np.random.Generator, g: float, hu: dict[str, float]) -> tuple[Structure, float, float]:
+    """Urinary bladder (on the pelvic floor behind the pubis, sized by its filling) and its floor and top z."""
     b_fill = rng.uniform(0.6, 1.15)
     b_semi = np.array([35, 35, 45]) * g * b_fill * rng.uniform(0.9, 1.1, 3)
     bladder_floor = -272 * g + rng.uniform(-8, 8)
     b_centre = zyx(rng.uniform(-6, 6), -30 * g + rng.uniform(-6, 6), bladder_floor + b_semi[0])
     bladder = Superquadric(b_centre, b_semi, rotation(0, 0, rng.uniform(-10, 10)))
     bladder_def = SmoothDeformation.random(rng, 4.0)
-    organs["urinary_bladder"] = Structure("urinary_bladder", bladder, Uniform(hu["bladder"]), _label("urinary_bladder"),
-                                          bladder_def)
+    structure = Structure("urinary_bladder", bladder, Uniform(hu["bladder"]), _label("urinary_bladder"), bladder_def)
     bladder_low, bladder_high = extent(bladder, bladder_def)
+    return structure, float(bladder_low[0]), float(bladder_high[0])
+
+
+def sample_anatomy(rng: np.random.Generator) -> Anatomy:
+    """Draw one patient: body outline, unlabelled tissue and the labelled organs."""
+    g = rng.uniform(0.9, 1.1)
+    contrast = bool(rng.random() < 0.6)
+    hu = _hu(rng, contrast)
+    spine = Spine.sample(rng, g)
+    bone = Bone(hu["cortical"], hu["cancellous"])
+
+    organs, liver_top, gallbladder_present = _liver_and_gallbladder(rng, g, hu)
+    kidneys, kidney_hila = _kidneys(rng, g, hu)
+    organs.update(kidneys)
+    organs["spleen"], spleen_top, spleen_hilum = _spleen(rng, g, hu)
+    organs["stomach"], stomach_top, st_points = _stomach(rng, g, hu)
+    left_top = max(spleen_top, stomach_top)
+    organs["pancreas"], pa_points = _pancreas(rng, g, hu)
+    organs["aorta"], aorta_points = _aorta(rng, g, hu, spine)
+    organs["inferior_vena_cava"], ivc_points = _inferior_vena_cava(rng, g, hu, spine, liver_top)
+    organs["urinary_bladder"], bladder_floor, bladder_top = _urinary_bladder(rng, g, hu)
 
     # --- lumbar vertebrae (labelled): similar bones, told apart only by their place in the chain
     for name in LUMBAR:
         organs[name] = Structure(name, spine.vertebra_shape(name), bone, _label(name), None, in_cavity=False)
 
-    landmarks = {"liver_top": liver_top, "bladder_floor": float(bladder_low[0]), "bladder_top": float(bladder_high[0]),
+    landmarks = {"liver_top": liver_top, "bladder_floor": bladder_floor, "bladder_top": bladder_top,
                  "L1": spine.centre("vertebrae_L1")[0], "L5": spine.centre("vertebrae_L5")[0]}
     outline = BodyOutline.sample(rng, g, hip_z=landmarks["L5"] - 40 * g, chest_z=liver_top - 40 * g,
-                                 z_span=(float(bladder_low[0]) - 40, liver_top + 40))
+                                 z_span=(bladder_floor - 40, liver_top + 40))
 
     context = {"g": g, "hu": hu, "spine": spine, "bone": bone, "liver_top": liver_top,
                "left_top": left_top, "stomach_end": st_points[-1],
-               "bifurcation": bifurcation, "confluence": confluence, "aorta": aorta_points, "ivc": ivc_points,
+               "bifurcation": aorta_points[-1], "confluence": ivc_points[-1], "aorta": aorta_points, "ivc": ivc_points,
                "kidney_hila": kidney_hila, "spleen_hilum": spleen_hilum, "pancreas": pa_points, "outline": outline}
     unlabelled = unlabelled_structures(rng, context)
     structures = unlabelled + [organs[name] for name in PRIORITY if name in organs]

@@ -228,6 +228,72 @@ def _check_arguments(dataset_id: int, num_cases: int, num_test_cases: int, size:
         raise InputError(f"-np must be at least 1, got {num_processes}")
 
 
+def _check_dataset_folder(raw_root: Path, folder: Path, dataset_id: int, overwrite: bool, wanted: dict[str, object]
+                          ) -> None:
+    """Refuse a dataset id taken by another dataset, or a phantom folder generated with other settings."""
+    if raw_root.is_dir():
+        clashing = [p.name for p in raw_root.glob(f"Dataset{dataset_id:03d}_*") if p.is_dir() and p != folder]
+        if clashing:
+            raise InputError(f"dataset id {dataset_id} is already used by {clashing[0]} in {raw_root}: pick another -d")
+    json_path = folder / "dataset.json"
+    if json_path.is_file() and not overwrite:
+        previous = read_json(json_path).get("phantom", {})
+        found = {"appearance": "realistic", "field_of_view": "standard", **previous}  # written before either existed
+        if any(found.get(key) != value for key, value in wanted.items()):
+            described = lambda values: ", ".join(f"{key} {values.get(key)}" for key in wanted)  # noqa: E731
+            raise InputError(f"{folder} was generated with {described(found)}; use --overwrite to regenerate it with "
+                             f"{described(wanted)}")
+
+
+def _clean_split_folder(sub: Path, expected: set[str], overwrite: bool) -> None:
+    """Create `sub`, drop partial files of a killed run and (with `overwrite`) files this phantom would not write."""
+    sub.mkdir(parents=True, exist_ok=True)
+    for stale in sub.glob(".*.partial*"):  # left by a killed run
+        stale.unlink()
+    unexpected = sorted(p for p in sub.iterdir() if p.name.endswith(FILE_ENDING) and p.name not in expected)
+    if unexpected and not overwrite:
+        raise InputError(f"{sub} holds files this phantom would not write (e.g. {unexpected[0].name}); "
+                         f"use --overwrite to remove them, or another dataset id")
+    for path in unexpected:
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+
+
+def _planned_tasks(folder: Path, num_cases: int, num_test_cases: int, size: str, seed: int, overwrite: bool,
+                   appearance: str, field_of_view: str) -> list[_Task]:
+    """The cases still to write (all with `overwrite`), after preparing imagesTr/labelsTr and imagesTs/labelsTs."""
+    planned: dict[str, list[tuple[int, str]]] = {
+        "Tr": list(enumerate(_case_ids("phantom", num_cases))),
+        "Ts": [(TEST_INDEX_OFFSET + i, case) for i, case in enumerate(_case_ids("phantom_test", num_test_cases))],
+    }
+    tasks = []
+    for split, cases in planned.items():
+        images, labels = folder / f"images{split}", folder / f"labels{split}"
+        expected = {f"{case}_0000{FILE_ENDING}" for _, case in cases} | {f"{case}{FILE_ENDING}" for _, case in cases}
+        for sub in (images, labels):
+            _clean_split_folder(sub, expected, overwrite)
+        for index, case in cases:
+            image_path, label_path = images / f"{case}_0000{FILE_ENDING}", labels / f"{case}{FILE_ENDING}"
+            if overwrite or not (image_path.is_file() and label_path.is_file()):
+                tasks.append(_Task(index, seed, size, image_path, label_path, appearance, field_of_view))
+    return tasks
+
+
+def _run_tasks(tasks: list[_Task], size: str, num_processes: int, progress: bool) -> None:
+    """Write the cases of `tasks`, in this process or in `num_processes` spawned workers."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(tasks), desc=f"phantom {size} cases", unit="case", disable=not progress) as bar:
+        if num_processes == 1 or len(tasks) <= 1:
+            for task in tasks:
+                _run_task(task)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(min(num_processes, len(tasks)), mp_context=get_context("spawn")) as pool:
+                for _ in pool.map(_run_task, tasks):
+                    bar.update()
+
+
 def make_phantom_dataset(raw_root: str | os.PathLike, dataset_id: int = 500, num_cases: int = 20,
                          num_test_cases: int = 5, size: str = "full", seed: int = 0, num_processes: int = 1,
                          overwrite: bool = False, progress: bool = False, appearance: str = "realistic",
@@ -243,56 +309,12 @@ def make_phantom_dataset(raw_root: str | os.PathLike, dataset_id: int = 500, num
     _check_arguments(dataset_id, num_cases, num_test_cases, size, seed, num_processes)
     raw_root = Path(raw_root)
     folder = raw_root / f"Dataset{dataset_id:03d}_Phantom"
-    if raw_root.is_dir():
-        clashing = [p.name for p in raw_root.glob(f"Dataset{dataset_id:03d}_*") if p.is_dir() and p != folder]
-        if clashing:
-            raise InputError(f"dataset id {dataset_id} is already used by {clashing[0]} in {raw_root}: pick another -d")
+    wanted = {"seed": seed, "size": size, "appearance": appearance, "field_of_view": field_of_view}
+    _check_dataset_folder(raw_root, folder, dataset_id, overwrite, wanted)
     json_path = folder / "dataset.json"
-    if json_path.is_file() and not overwrite:
-        previous = read_json(json_path).get("phantom", {})
-        wanted = {"seed": seed, "size": size, "appearance": appearance, "field_of_view": field_of_view}
-        found = {"appearance": "realistic", "field_of_view": "standard", **previous}  # written before either existed
-        if any(found.get(key) != value for key, value in wanted.items()):
-            described = lambda values: ", ".join(f"{key} {values.get(key)}" for key in wanted)  # noqa: E731
-            raise InputError(f"{folder} was generated with {described(found)}; use --overwrite to regenerate it with "
-                             f"{described(wanted)}")
-
-    planned: dict[str, list[tuple[int, str]]] = {
-        "Tr": list(enumerate(_case_ids("phantom", num_cases))),
-        "Ts": [(TEST_INDEX_OFFSET + i, case) for i, case in enumerate(_case_ids("phantom_test", num_test_cases))],
-    }
-    tasks = []
-    for split, cases in planned.items():
-        images, labels = folder / f"images{split}", folder / f"labels{split}"
-        expected = {f"{case}_0000{FILE_ENDING}" for _, case in cases} | {f"{case}{FILE_ENDING}" for _, case in cases}
-        for sub in (images, labels):
-            sub.mkdir(parents=True, exist_ok=True)
-            for stale in sub.glob(".*.partial*"):  # left by a killed run
-                stale.unlink()
-            unexpected = sorted(p for p in sub.iterdir() if p.name.endswith(FILE_ENDING) and p.name not in expected)
-            if unexpected and not overwrite:
-                raise InputError(f"{sub} holds files this phantom would not write (e.g. {unexpected[0].name}); "
-                                 f"use --overwrite to remove them, or another dataset id")
-            for path in unexpected:
-                if path.is_file() or path.is_symlink():
-                    path.unlink()
-        for index, case in cases:
-            image_path, label_path = images / f"{case}_0000{FILE_ENDING}", labels / f"{case}{FILE_ENDING}"
-            if overwrite or not (image_path.is_file() and label_path.is_file()):
-                tasks.append(_Task(index, seed, size, image_path, label_path, appearance, field_of_view))
+    tasks = _planned_tasks(folder, num_cases, num_test_cases, size, seed, overwrite, appearance, field_of_view)
     if overwrite and json_path.is_file():
         json_path.unlink()
-
-    from tqdm import tqdm
-
-    with tqdm(total=len(tasks), desc=f"phantom {size} cases", unit="case", disable=not progress) as bar:
-        if num_processes == 1 or len(tasks) <= 1:
-            for task in tasks:
-                _run_task(task)
-                bar.update()
-        else:
-            with ProcessPoolExecutor(min(num_processes, len(tasks)), mp_context=get_context("spawn")) as pool:
-                for _ in pool.map(_run_task, tasks):
-                    bar.update()
+    _run_tasks(tasks, size, num_processes, progress)
     write_json(json_path, dataset_json(num_cases, num_test_cases, seed, size, appearance, field_of_view))
     return folder

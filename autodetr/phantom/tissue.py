@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from autodetr.phantom.appearance import Hollow, Uniform
+from autodetr.phantom.appearance import Hollow, Painter, Uniform
+from autodetr.phantom.body import BodyOutline
 from autodetr.phantom.shapes import Difference, Slab, SmoothDeformation, Superquadric, TubeChain, Union, frame, rotation, zyx
+from autodetr.phantom.spine import Spine
 from autodetr.phantom.structure import Structure, points
 
 
@@ -19,20 +21,30 @@ def unlabelled_structures(rng: np.random.Generator, c: dict) -> list[Structure]:
     landmarks of the organs ("liver_top", "left_top", "aorta", "ivc", "kidney_hila", ...).
     """
     g, hu, spine = c["g"], c["hu"], c["spine"]
-    result: list[Structure] = []
+    result = _thorax_floor(g, hu, c["liver_top"], c["left_top"])
+    result += _bowel(rng, g, hu, c["stomach_end"])
+    result += _vessel_branches(g, hu, spine, c)
+    result += _muscles(rng, g, hu, spine)
+    result += _bones(rng, g, hu, spine, c["bone"], c["outline"])
+    return result
 
-    # Thorax floor: lungs above two diaphragm domes (right one higher, over the liver), heart in front.
+
+def _thorax_floor(g: float, hu: dict[str, float], liver_top: float, left_top: float) -> list[Structure]:
+    """Lungs above two diaphragm domes (right one higher, over the liver) and the heart in front."""
     domes = []
     for centre, semi in (((-55, 5), (95, 115, 105), ), ((60, 10), (85, 115, 100))):
-        top = c["liver_top"] + 6 if centre[0] < 0 else c["left_top"] + 6
+        top = liver_top + 6 if centre[0] < 0 else left_top + 6
         domes.append((zyx(centre[0] * g, centre[1] * g, top - semi[0] * g), np.array(semi, dtype=float) * g))
     # One structure: above the domes; the first ~5 % of the level range is the diaphragm muscle, then lung.
-    thorax = Difference(Slab(c["liver_top"] - 75 * g), Union([Superquadric(p, s) for p, s in domes]))
-    result.append(Structure("lung_bases", thorax, Hollow(hu["muscle"], hu["lung"], 0.1)))
-    heart = Superquadric(zyx(12 * g, -40 * g, c["liver_top"] + 60 * g), np.array([55, 50, 65]) * g, rotation(30, 0, 0))
-    result.append(Structure("heart", heart, Uniform(hu["heart"])))
+    thorax = Difference(Slab(liver_top - 75 * g), Union([Superquadric(p, s) for p, s in domes]))
+    heart = Superquadric(zyx(12 * g, -40 * g, liver_top + 60 * g), np.array([55, 50, 65]) * g, rotation(30, 0, 0))
+    return [Structure("lung_bases", thorax, Hollow(hu["muscle"], hu["lung"], 0.1)),
+            Structure("heart", heart, Uniform(hu["heart"]))]
 
-    # Bowel: colon frame with stool and gas, duodenal C-loop, a few small-bowel loops with fluid.
+
+def _bowel(rng: np.random.Generator, g: float, hu: dict[str, float], stomach_end: np.ndarray) -> list[Structure]:
+    """Colon frame with stool and gas, duodenal C-loop, a few small-bowel loops with fluid."""
+    result: list[Structure] = []
     colon = points(rng, g, [(-75, -15, -165), (-88, 5, -100), (-88, 0, -40), (-75, -35, -5), (-30, -65, -35),
                              (30, -65, -35), (80, -15, 10), (90, 15, -60), (85, 10, -130), (55, -25, -180),
                              (10, -15, -200), (0, 40, -215), (0, 45, -290)], 8.0)
@@ -40,9 +52,9 @@ def unlabelled_structures(rng: np.random.Generator, c: dict) -> list[Structure]:
     result.append(Structure("colon", TubeChain(colon, colon_radii),
                             Hollow(hu["bowel_wall"], rng.uniform(-60, 20), 0.15, air_level_y=rng.uniform(-90, -20) * g,
                                    bubbles=0.15, mottle=40.0)))
-    duodenum = np.concatenate([c["stomach_end"][None], points(rng, g, [(-25, -40, 4), (-45, -15, -10),
-                                                                          (-48, -8, -50), (-15, -12, -62),
-                                                                          (20, -22, -50)], 4.0)])
+    duodenum = np.concatenate([stomach_end[None], points(rng, g, [(-25, -40, 4), (-45, -15, -10),
+                                                                   (-48, -8, -50), (-15, -12, -62),
+                                                                   (20, -22, -50)], 4.0)])
     result.append(Structure("duodenum", TubeChain(duodenum, np.full(len(duodenum), 12 * g)),
                             Hollow(hu["bowel_wall"], rng.uniform(5, 30), 0.2)))
     low, high = np.array([-215, -80, -90]) * g, np.array([-35, 5, 90]) * g
@@ -57,8 +69,12 @@ def unlabelled_structures(rng: np.random.Generator, c: dict) -> list[Structure]:
         air = rng.uniform(-80, -30) * g if rng.random() < 0.3 else None
         result.append(Structure(f"small_bowel_{loop}", TubeChain(np.stack(path), np.full(len(path), 11 * g * rng.uniform(0.85, 1.2))),
                                 Hollow(hu["bowel_wall"], rng.uniform(5, 35), 0.22, air_level_y=air)))
+    return result
 
-    # Vessel branches (not labelled), same density as their parent vessel.
+
+def _vessel_branches(g: float, hu: dict[str, float], spine: Spine, c: dict) -> list[Structure]:
+    """Unlabelled branches of the aorta, IVC and portal system, with the density of their parent vessel."""
+    result: list[Structure] = []
     for side in (1, -1):
         iliac_a = np.stack([c["bifurcation"], zyx(35 * g * side, spine.y(c["bifurcation"][0]) - 25 * g, c["bifurcation"][0] - 35 * g),
                             zyx(62 * g * side, -25 * g, -215 * g), zyx(75 * g * side, -45 * g, -265 * g)])
@@ -82,8 +98,12 @@ def unlabelled_structures(rng: np.random.Generator, c: dict) -> list[Structure]:
     result.append(Structure("sma", TubeChain(sma, np.full(3, 4.0 * g)), Uniform(hu["artery"])))
     smv = np.stack([confluence_pv, zyx(-14 * g, -48 * g, -115 * g)])
     result.append(Structure("smv", TubeChain(smv, np.full(2, 5.0 * g)), Uniform(hu["vein"])))
+    return result
 
-    # Muscles: psoas, quadratus lumborum, erector spinae (these are not clipped to the cavity).
+
+def _muscles(rng: np.random.Generator, g: float, hu: dict[str, float], spine: Spine) -> list[Structure]:
+    """Psoas, quadratus lumborum, erector spinae and gluteus on both sides (not clipped to the cavity)."""
+    result: list[Structure] = []
     muscle = Uniform(hu["muscle"])
     bulk = rng.uniform(0.8, 1.2)
     l1, l3, l5 = (spine.centre(f"vertebrae_L{k}") for k in (1, 3, 5))
@@ -104,14 +124,19 @@ def unlabelled_structures(rng: np.random.Generator, c: dict) -> list[Structure]:
                                rotation(-25 * side, 0, 0))
         result.append(Structure("gluteus", gluteus, muscle, deformation=SmoothDeformation.random(rng, 5.0),
                                 in_cavity=False))
+    return result
 
-    # Spine beyond the lumbar chain: discs, canal content, thoracic vertebrae with ribs, sacrum, pelvis.
+
+def _bones(rng: np.random.Generator, g: float, hu: dict[str, float], spine: Spine, bone: Painter,
+           outline: BodyOutline) -> list[Structure]:
+    """Spine beyond the lumbar chain (discs, canal content, thoracic vertebrae with ribs, sacrum) and the pelvis."""
+    result: list[Structure] = []
+    l5 = spine.centre("vertebrae_L5")
     result.append(Structure("spinal_canal", spine.canal_shape(), Uniform(hu["csf"]), in_cavity=False))
     result.append(Structure("discs", spine.disc_shape(), Uniform(hu["disc"]), in_cavity=False))
-    bone = c["bone"]
     for name in spine.thoracic_names():
         result.append(Structure(name, spine.vertebra_shape(name), bone, in_cavity=False))
-        result.append(Structure(f"ribs_{name}", spine.rib_shape(name, c["outline"]), bone, in_cavity=False))
+        result.append(Structure(f"ribs_{name}", spine.rib_shape(name, outline), bone, in_cavity=False))
     result.append(Structure("sacrum", spine.sacrum_shape(), bone, in_cavity=False))
     for side in (1, -1):
         up = zyx(0.26 * side, 0, 0.96)
