@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         predictions = output / field / "predictions"
         predict(data / "imagesTs", predictions, model=str(args.model), folds=args.folds, num_processes=1, overwrite=True,
                 progress=False)
-        metrics = evaluate_folder(predictions, data, output_folder=output / field / "evaluation")
+        metrics = evaluate_folder(predictions, data / "labelsTs", output_folder=output / field / "evaluation")
         figures = {key: metrics.get(key) for key in ("mAP", "mAR", "AP50", "AP75")}
         result["fields"][field] = figures
         rows.append([field, *(None if v is None else round(float(v), 3) for v in figures.values())])

@@ -43,6 +43,8 @@ class AtlasPriorPredictor:
     """The atlas priors of the chosen folds, predicting preprocessed cases with `EnsemblePredictor`'s
     interface (`predict_case`, `members`, `class_names`), so `autodetr_predict` writes them the same way."""
 
+    pretrained = None  # the prior is no packaged model
+
     def __init__(self, fold_folders: Sequence[Path], iou_threshold: float = DEFAULT_IOU_THRESHOLD) -> None:
         self.iou_threshold = iou_threshold
         self.members: list[PriorMember] = []

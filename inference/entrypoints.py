@@ -26,6 +26,7 @@ def _epilog() -> str:
             "  autodetr_predict -i imagesTs -o predictions -d 500\n"
             "  autodetr_predict -i scan.nii.gz -o out -m $AUTODETR_results/Dataset500_Phantom/" + DEFAULT_MODEL + " -f 0\n"
             "  autodetr_predict -i dicom_folder -o out --save-masks --slicer\n"
+            "  autodetr_predict -i scan.nii.gz -o out --pretrained phantom-abdomen   # the packaged model\n"
             "  autodetr_predict -i imagesTs -o quick -d 500 --disable-tta      # one pass per fold\n"
             "  autodetr_predict -i imagesTs -o prior -d 500 --atlas-prior   # the baseline, same folds\n"
             + textwrap.fill("A case that fails is named on stderr with the reason; the others are still written, and the "
@@ -46,6 +47,10 @@ def _add_input_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--model", default=None,
                         help=f"trained model: a folder name under $AUTODETR_results/DatasetXXX_Name/ "
                         f"(default {DEFAULT_MODEL}), or a path to a model folder holding fold_k/ folders")
+    parser.add_argument("--pretrained", default=None, metavar="NAME",
+                        help="a model that ships with autodetr instead of -d / -m (no training, no download): "
+                        "'phantom-abdomen' (15 abdominal organs, trained on domain-randomised phantoms); an unknown "
+                        "name lists the available ones")
     parser.add_argument("-f", "--folds", nargs="+", default=None,
                         help="folds to ensemble, e.g. '-f 0 1 2' or '-f all' (the model trained on all cases); "
                         "default: every trained fold_k folder (fold_all when there are none)")
@@ -117,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.num_processes < 1:
         args.num_processes = 1
+    if args.pretrained is not None:
+        from autodetr.errors import InputError
+        from autodetr.pretrained import pretrained_folder
+
+        if args.dataset is not None or args.model is not None:
+            raise InputError("--pretrained names the model: leave out -d and -m")
+        args.model = str(pretrained_folder(args.pretrained))
     summary = predict(
         args.input, args.output, dataset=args.dataset, model=args.model, folds=args.folds, checkpoint=args.checkpoint,
         device=args.device, tta=not args.disable_tta, num_processes=args.num_processes, save_masks=args.save_masks,

@@ -289,6 +289,11 @@ class EnsemblePredictor:
             raise InputError("no folds to predict with")
         self._use_plans(self.plans)
 
+    @property
+    def pretrained(self) -> dict | None:
+        """The record of a packaged model (`autodetr.pretrained`: name, version, recipe), None for a trained one."""
+        return self.arguments.get("pretrained")
+
     @classmethod
     def from_network(cls, network: Any, plans: dict, objective: str, device: Any, tta: bool = False) -> "EnsemblePredictor":
         """A predictor of one live network: training's validation predicts through it (with `tta` for the
@@ -690,6 +695,7 @@ class CaseOutputs:
             "model": str(self.model_folder),
             "folds": [m.fold for m in predictor.members],
             "checkpoints": [Path(m.checkpoint).name for m in predictor.members],
+            "pretrained": predictor.pretrained,  # name and version of a packaged model, else None
             "tta": self.tta,
             "ensemble": {"method": "weighted box clustering", "iou_threshold": self.iou_threshold,
                          "members": result["members"], "support": result["support"][keep].tolist()},
