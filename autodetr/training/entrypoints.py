@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=int, default=None,
                         help="background processes for loading and augmentation; 0 = in the main process "
                              "(default: one per spare CPU core, at most 4)")
+    parser.add_argument("--pretrained", default=None, metavar="NAME_OR_PATH",
+                        help="start from a packaged model ('phantom-abdomen') or any fold folder or checkpoint file "
+                             "(as nnU-Net's -pretrained_weights): the network comes from it, classes are matched by "
+                             "name (a class it lacks gets fresh weights and the dataset's atlas anchors); a dataset "
+                             "sharing no class with it is refused")
     parser.add_argument("--resume", action="store_true",
                         help="continue from checkpoint_last.pt of the fold (model, optimizer, schedule, position, "
                              "RNG); the same seed gives the same losses as an uninterrupted run")
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         learning_rate=arguments.lr, device=arguments.device, num_workers=arguments.num_workers,
         resume=arguments.resume, seed=arguments.seed, backbone=arguments.backbone, val_every=arguments.val_every,
         max_minutes=arguments.max_minutes, overrides=arguments.overrides,
-        progress_bar=not arguments.no_progress_bar, validation_only=arguments.val,
+        progress_bar=not arguments.no_progress_bar, validation_only=arguments.val, pretrained=arguments.pretrained,
     )
     return 0
 

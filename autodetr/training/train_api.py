@@ -105,6 +105,7 @@ def train(
     overrides: Sequence[str] | dict | None = None,
     progress_bar: bool = True,
     validation_only: bool = False,
+    pretrained: str | None = None,
 ) -> Path:
     """Train one fold (see the module docstring); returns the fold folder. `validation_only`: train
     nothing, rerun the final validation of the fold's checkpoint_final.pt (`autodetr_train --val`). Under torchrun every rank
@@ -112,12 +113,14 @@ def train(
     for `train_fold`."""
     schedule = ScheduleOptions(epochs, iterations_per_epoch, batch_size, learning_rate)
     run = RunOptions(device, num_workers, resume, seed, val_every, max_minutes, progress_bar, validation_only)
-    return train_fold(dataset, fold, objective, plans_name, schedule, run, backbone, overrides)
+    return train_fold(dataset, fold, objective, plans_name, schedule, run, backbone, overrides, pretrained)
 
 
 def train_fold(dataset: str | int, fold: str | int, objective: str, plans_name: str, schedule: ScheduleOptions,
-               run: RunOptions, backbone: str | None = None, overrides: Sequence[str] | dict | None = None) -> Path:
-    """`train` with its options grouped: resolve the fold, its plans and device, then run the trainer."""
+               run: RunOptions, backbone: str | None = None, overrides: Sequence[str] | dict | None = None,
+               pretrained: str | None = None) -> Path:
+    """`train` with its options grouped: resolve the fold, its plans and device, then run the trainer.
+    `pretrained`: start from those weights (`autodetr.training.pretrained_start`); not when resuming."""
     from autodetr.training.distributed import distributed_from_environment
     from autodetr.training.trainer import TrainingSetup
 
@@ -133,6 +136,8 @@ def train_fold(dataset: str | int, fold: str | int, objective: str, plans_name: 
     # --val validates the fold as it was trained: its own plans
     plans = fold_plans(plans_dir, output, fold_value, train_cases, run.resume or run.validation_only, backbone, overrides,
                        schedule, require_last=not run.validation_only)
+    if pretrained is not None and not (run.resume or run.validation_only):
+        plans = pretrained_plans(plans, pretrained)
     planned = Plans.of(plans)
     info = distributed_from_environment()
     device_name = training_device(run.device, info)
@@ -145,14 +150,26 @@ def train_fold(dataset: str | int, fold: str | int, objective: str, plans_name: 
         "overrides": list(overrides.items()) if isinstance(overrides, dict) else list(overrides or []),
         "world_size": info.world_size, "train_cases": train_cases, "val_cases": val_cases,
         "trainer": trainer_folder_name(objective, plans_name), "preprocessed_folder": str(plans_dir),
+        "pretrained_start": pretrained,
     }
     setup = TrainingSetup(
         output_folder=output, preprocessed_folder=plans_dir, train_cases=train_cases, val_cases=val_cases,
         objective=objective, fold_label=str(fold_value), device=device_name, num_workers=workers, seed=int(run.seed),
         resume=bool(run.resume), val_every=run.val_every, max_minutes=run.max_minutes, progress_bar=run.progress_bar,
         validation_only=run.validation_only, distributed=info, arguments=arguments,
+        pretrained=None if run.resume or run.validation_only else pretrained,
     )
     return run_fold(plans, setup)
+
+
+def pretrained_plans(plans: dict, pretrained: str) -> dict:
+    """The fold's plans with the network of the `--pretrained` source; InputError when no class is shared."""
+    from autodetr.training.pretrained_start import class_mapping, plans_from_source, source_folder
+
+    folder, _ = source_folder(pretrained)
+    source_plans = read_json(folder / "plans.json")
+    class_mapping(plans, source_plans)  # refuses a dataset with no class in common, before anything is built
+    return plans_from_source(plans, source_plans)
 
 
 def fold_cases(dataset_name: str, plans_dir: Path, fold: int | str) -> tuple[list[str], list[str]]:

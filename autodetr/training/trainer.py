@@ -79,6 +79,7 @@ class TrainingSetup:
     validation_only: bool = False  # rerun the final validation of checkpoint_final.pt, train nothing
     distributed: DistributedInfo = field(default_factory=DistributedInfo)
     arguments: dict = field(default_factory=dict)
+    pretrained: str | None = None  # start from these weights (`pretrained_start.source_folder`), not on resume
 
 
 class WarmupDecaySchedule:
@@ -267,6 +268,20 @@ class Trainer:
         except RuntimeError as error:
             raise InputError(f"{path}: the checkpoint does not fit the network of the current plans ({error})") from error
         return content
+
+    def _start_from_pretrained(self) -> None:
+        """Weights of the pretrained source, classes matched by name (`pretrained_start`)."""
+        from autodetr.detector import find_checkpoint
+        from autodetr.training.pretrained_start import source_folder, transfer_weights
+
+        folder, checkpoint = source_folder(str(self.setup.pretrained))
+        path = checkpoint or find_checkpoint(folder)
+        content = load_checkpoint(path)
+        source_plans = read_json(folder / "plans.json")
+        counts = transfer_weights(self.network, content["model"] if "model" in content else content, self.plans,
+                                  source_plans)
+        self.log(f"started from {path}: {counts['copied']} tensors copied, {counts['class_mapped']} mapped by "
+                      f"class name, {counts['kept']} kept")
 
     def _resume(self) -> None:
         name = CHECKPOINT_NAMES["last"]
@@ -476,6 +491,8 @@ class Trainer:
         if self.is_main and not self.setup.resume:
             self._write_header()
             self._log_atlas_prior()
+        if self.setup.pretrained is not None and not self.setup.resume:
+            self._start_from_pretrained()  # every rank: DDP copied the weights at construction
         augmenter = None
         stop = False
         try:
