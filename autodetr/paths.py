@@ -29,6 +29,16 @@ def root(kind: str) -> Path:
     return folder
 
 
+def use_roots_under(base: str | os.PathLike) -> dict[str, Path]:
+    """Point the three AUTODETR_* roots (raw, preprocessed, results) into `base`, creating them: a demo or a
+    benchmark that never touches a user's own data. Returns the folders by kind."""
+    roots = {kind: Path(base) / kind for kind in ROOT_VARIABLES}
+    for kind, folder in roots.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ[ROOT_VARIABLES[kind]] = str(folder)
+    return roots
+
+
 def raw_root() -> Path:
     return root("raw")
 

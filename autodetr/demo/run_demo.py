@@ -8,7 +8,6 @@ prior of the same training cases on the same held-out cases (the baseline that n
 from __future__ import annotations
 
 import html
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from autodetr.atomic_io import atomic_path, read_json
 from autodetr.boxes import boxes_from_label_map
 from autodetr.demo.defaults import DEFAULT_MINUTES, DEFAULT_NUM_CASES
 from autodetr.demo.pictures import DrawnBox, draw_case
+from autodetr.paths import use_roots_under
 
 DEMO_DATASET_ID = 500
 DEMO_DATASET = "Dataset500_Phantom"
@@ -48,15 +48,6 @@ def comparison_lines(result: DemoResult) -> list[str]:
         lines.append(f"atlas prior (each organ's median training box, image not looked at), same cases: "
                      f"{summary(result.atlas_metrics)}")
     return lines
-
-
-def _use_demo_roots(output: Path) -> dict[str, Path]:
-    """Point the AUTODETR_* roots into the demo folder, so the demo never touches a user's own data."""
-    roots = {kind: output / kind for kind in ("raw", "preprocessed", "results")}
-    for kind, folder in roots.items():
-        folder.mkdir(parents=True, exist_ok=True)
-        os.environ[f"AUTODETR_{kind}"] = str(folder)
-    return roots
 
 
 def _boxes_of_prediction(path: Path) -> list[DrawnBox]:
@@ -159,7 +150,7 @@ def run_demo(output: Path, minutes: float = DEFAULT_MINUTES, size: str = "full",
     from autodetr.training.train_api import train
 
     output = Path(output).resolve()
-    roots = _use_demo_roots(output)
+    roots = use_roots_under(output)  # the demo never touches a user's own data
     started = time.perf_counter()
     estimate = StageEstimate(minutes, num_cases + num_test_cases, size)
     estimate.announce(1, f"phantom data set ({size}, {appearance}, {num_cases} training + {num_test_cases} test cases)")
