@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nnunet_peer import format_table, run_measured  # noqa: E402
 
 from autodetr.demo.pictures import DrawnBox, draw_case  # noqa: E402
-from autodetr.evaluation.highest_box import FOUND_IOU, highest_box_ious, summarise  # noqa: E402
+from autodetr.evaluation.highest_box import FOUND_IOU, highest_box_ious, highest_scored, summarise  # noqa: E402
 from autodetr.prediction_files import load_prediction  # noqa: E402
 from autodetr.preprocessing.orientation import Reorientation  # noqa: E402
 
@@ -100,11 +100,7 @@ def drawn(boxes: np.ndarray, names: list[str], reorientation: Reorientation, sha
 
 def highest_per_class(prediction: dict) -> tuple[np.ndarray, list[str]]:
     """The highest-scored box of every class in a prediction."""
-    best: dict[str, int] = {}
-    for k, name in enumerate(prediction["class_names"]):
-        if name not in best or prediction["scores"][k] > prediction["scores"][best[name]]:
-            best[name] = k
-    order = sorted(best.values())
+    order = sorted(highest_scored(prediction["scores"], prediction["class_names"]).values())
     return prediction["boxes"][order], [prediction["class_names"][k] for k in order]
 
 

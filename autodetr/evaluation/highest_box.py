@@ -28,6 +28,15 @@ class OrganScore:
     iou: float
 
 
+def highest_scored(scores: np.ndarray, predicted_names: Sequence[str]) -> dict[str, int]:
+    """Index of the highest-scored detection of every class name present."""
+    best: dict[str, int] = {}
+    for k, name in enumerate(predicted_names):
+        if name not in best or scores[k] > scores[best[name]]:
+            best[name] = k
+    return best
+
+
 def highest_box_ious(label_map: np.ndarray, label_names: Mapping[int, str], class_names: Sequence[str],
                      boxes: np.ndarray, scores: np.ndarray, predicted_names: Sequence[str]) -> list[OrganScore]:
     """One `OrganScore` per detector class present in `label_map` (value -> name in `label_names`), in the
@@ -38,17 +47,16 @@ def highest_box_ious(label_map: np.ndarray, label_names: Mapping[int, str], clas
     truth = {int(value): box for box, value in zip(truth_boxes, truth_values)}
     boxes = np.asarray(boxes, np.float64).reshape(-1, 6)
     scores = np.asarray(scores, np.float64).reshape(-1)
-    predicted_names = list(predicted_names)
+    best_of = highest_scored(scores, list(predicted_names))
     result = []
     for name in wanted:
         box = truth.get(values_by_name[name])
         if box is None:  # named but no voxel in this scan
             continue
-        candidates = [k for k, predicted in enumerate(predicted_names) if predicted == name]
-        if not candidates:
+        if name not in best_of:
             result.append(OrganScore(name, box.tolist(), None, None, 0.0))
             continue
-        best = max(candidates, key=lambda k: scores[k])
+        best = best_of[name]
         iou = float(box_iou(box[None], boxes[best][None])[0, 0])
         result.append(OrganScore(name, box.tolist(), boxes[best].tolist(), float(scores[best]), iou))
     return result

@@ -15,7 +15,7 @@ section and `matching.rho`), with the query count of the user's classes; spacing
 """
 from __future__ import annotations
 
-import json
+import copy
 import re
 from pathlib import Path
 
@@ -59,8 +59,8 @@ def class_mapping(user_plans: dict, source_plans: dict) -> dict[int, int]:
 
 def plans_from_source(user_plans: dict, source_plans: dict) -> dict:
     """The user's plans with the source's network and rho, the query count of the user's classes."""
-    plans = json.loads(json.dumps(user_plans))
-    network = json.loads(json.dumps(source_plans["network"]))
+    plans = copy.deepcopy(user_plans)
+    network = copy.deepcopy(source_plans["network"])
     stride = [int(a) * int(np.prod([s[k] for s in network["stage_strides"]])) for k, a in enumerate(network["stem_stride"])]
     if any(int(size) % step for size, step in zip(plans["input_size"], stride)):
         raise InputError(f"the plan's input size {plans['input_size']} is not a multiple of the pretrained network's "
