@@ -155,8 +155,11 @@ def test_box_only_dataset_plans_preprocesses_trains_and_evaluates(datasets, monk
         mask_plans = helpers_pipeline.tiny_plan(MASK_ID)
         box_plans = helpers_pipeline.tiny_plan(BOX_ID)
         plans = read_json(box_plans / "plans.json")
-        assert plans["loss"]["seg"] == 0 and "box files" in plans["decisions"]["loss.seg"]
-        assert read_json(mask_plans / "plans.json")["loss"]["seg"] > 0
+        mask_loss = read_json(mask_plans / "plans.json")["loss"]
+        # the segmentation head learns from the boxes, at the weight it has with masks
+        assert plans["loss"]["seg"] == mask_loss["seg"] > 0
+        assert plans["loss"]["seg_supervision"] == "boxes" and mask_loss["seg_supervision"] == "masks"
+        assert "box files" in plans["decisions"]["loss.seg_supervision"]
         for key in ("spacing", "input_size", "classes", "transpose_forward"):
             assert plans[key] == read_json(mask_plans / "plans.json")[key]
         cases = sorted(p.name for p in box_plans.glob("*.npz"))

@@ -61,6 +61,7 @@ class SetCriterion(nn.Module):
         self.weight_l1 = float(loss["bbox"])
         self.weight_giou = float(loss["giou"])
         self.weight_seg = float(loss["seg"])
+        self.seg_supervision = str(loss["seg_supervision"])
         if seg_strides is None and (isinstance(plans, Plans) or "network" in plans):
             from autodetr.model.fine_segmentation import segmentation_strides
 
@@ -106,6 +107,7 @@ class SetCriterion(nn.Module):
             components[f"giou{tag}"] = float(loss_giou.detach())
             if not suffix:
                 components["num_positive"] = float(num_positive)
-        total = add_segmentation_term(total, components, outputs, seg_target, self.weight_seg, self.seg_strides)
+        total = add_segmentation_term(total, components, outputs, seg_target, self.weight_seg, self.seg_strides,
+                                      targets, self.seg_supervision)
         components["total"] = float(total.detach())
         return total, components

@@ -260,6 +260,7 @@ class DRMMCriterion(nn.Module):
 
         self.drmm = DRMMLoss.from_plans(plans)
         self.weight_seg = float(Plans.of(plans).loss["seg"])
+        self.seg_supervision = str(Plans.of(plans).loss["seg_supervision"])
         self.seg_strides = segmentation_strides(plans)
 
     def forward(
@@ -267,6 +268,7 @@ class DRMMCriterion(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         total, components = self.drmm(outputs["drmm"], targets)
         components = dict(components)
-        total = add_segmentation_term(total, components, outputs, seg_target, self.weight_seg, self.seg_strides)
+        total = add_segmentation_term(total, components, outputs, seg_target, self.weight_seg, self.seg_strides,
+                                      targets, self.seg_supervision)
         components["total"] = float(total.detach())
         return total, components

@@ -131,6 +131,7 @@ class GroupedSetCriterion(nn.Module):
         self.weight_l1 = float(loss["bbox"])
         self.weight_giou = float(loss["giou"])
         self.weight_seg = float(loss["seg"])
+        self.seg_supervision = str(loss["seg_supervision"])
         self.seg_strides = segmentation_strides(plans) if isinstance(plans, Plans) or "network" in plans else None
 
     def layer_losses(self, output: dict[str, torch.Tensor], targets: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -164,7 +165,8 @@ class GroupedSetCriterion(nn.Module):
             if not tag:
                 components["iou"] = float(terms["iou"])
                 components["num_positive"] = float(terms["num_positive"])
-        total = add_segmentation_term(total, components, outputs, seg_target, self.weight_seg, self.seg_strides)
+        total = add_segmentation_term(total, components, outputs, seg_target, self.weight_seg, self.seg_strides,
+                                      targets, self.seg_supervision)
         components["total"] = float(total.detach())
         return total, components
 

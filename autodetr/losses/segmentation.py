@@ -112,15 +112,25 @@ def multiscale_segmentation_loss(
 
 def add_segmentation_term(
     total: torch.Tensor, components: dict[str, float], outputs: dict, seg_target: torch.Tensor | None, weight: float,
-    strides: Sequence[Sequence[int]] | None,
+    strides: Sequence[Sequence[int]] | None, targets: Sequence[dict[str, torch.Tensor]] | None = None,
+    supervision: str = "masks",
 ) -> torch.Tensor:
     """`total + weight * L_seg` of the model output's `seg_logits` (Eq. 8's last term), recording the unweighted
     value as `components["seg"]`; `total` unchanged when there is no target, no segmentation output or a zero
-    weight. `strides` are used when there is one per level."""
+    weight. `strides` are used when there is one per level. `supervision` "masks": L_seg of the label map
+    `seg_target`; "boxes": the box-supervised loss of the `targets` boxes
+    (`autodetr.losses.box_segmentation`), `seg_target` giving the input's shape."""
     seg_logits = outputs.get("seg_logits") or []
     if seg_target is None or not len(seg_logits) or weight <= 0:
         return total
     level_strides = strides if strides is not None and len(strides) == len(seg_logits) else None
-    loss, _ = multiscale_segmentation_loss(seg_logits, seg_target.to(seg_logits[0].device).long(), level_strides)
+    if supervision == "boxes":
+        from autodetr.losses.box_segmentation import multiscale_box_supervised_loss
+
+        if targets is None:
+            raise ValueError("box-supervised segmentation needs the batch's box targets")
+        loss, _ = multiscale_box_supervised_loss(seg_logits, targets, tuple(seg_target.shape[1:]), level_strides)
+    else:
+        loss, _ = multiscale_segmentation_loss(seg_logits, seg_target.to(seg_logits[0].device).long(), level_strides)
     components["seg"] = float(loss.detach())
     return total + weight * loss

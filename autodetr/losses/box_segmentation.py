@@ -1,0 +1,117 @@
+"""Segmentation loss from boxes alone: the multiscale L_seg of Organ-DETR (Sec. 3) for datasets without masks.
+
+A box says where its organ is not (outside the box) and that the organ reaches every face of the box; it does
+not say which voxels inside are organ. Per segmentation level (the same levels as the mask loss):
+
+- **Partial-label cross-entropy** (weak mask without a hard inside target): a voxel outside every box is
+  background; a voxel inside the boxes of classes S may be background or any class of S, and the loss is
+  `-log sum_{k in S + {0}} p_k`. So no class is ever pushed into a voxel that cannot hold it, and nothing is
+  forced where the box only contains the organ; overlapping boxes of different classes (the aorta, the vena
+  cava and the vertebrae) all stay allowed in their overlap, which the softmax head needs.
+- **Projection loss** (BoxInst, Tian et al., CVPR 2021, Eq. 2, in 3D): the organ touches every slice of its
+  box along each axis, so the maximum of `p_c` over each slice of the box's cross-section must be 1 inside the
+  box's range and 0 outside it. Per axis, `L_proj = 1 - Dice(max-projection, box profile)` with BoxInst's
+  squared denominator; the profile is the share of each level voxel's block the box covers, so a box edge
+  inside a coarse voxel is not rounded. The mean over the three axes and over every box of the batch.
+
+`L = CE_partial + L_proj` per level, summed over levels like the mask loss (CE + Dice). The projection is
+exactly what the mask-enhanced anchors read (`autodetr.model.anchors.mask_extent_boxes` takes a class's box
+from where the slice maximum of its probability crosses 0.5), so the anchors learn from the boxes directly.
+BoxInst's pairwise colour-affinity term, which shapes the mask inside the box, is left out: the detector
+needs the mask's extent, not its shape.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from autodetr.boxes_torch import centre_to_corners
+
+
+def block_coverage(low: torch.Tensor, high: torch.Tensor, length: int, stride: float) -> torch.Tensor:
+    """`[G, length]` share of each level voxel's block `[j s, (j + 1) s)` (input voxels) inside `[low, high)`."""
+    starts = torch.arange(length, device=low.device, dtype=low.dtype) * stride
+    overlap = torch.minimum(starts + stride, high[:, None]) - torch.maximum(starts, low[:, None])
+    return (overlap / stride).clamp(0.0, 1.0)
+
+
+def level_profiles(corners: torch.Tensor, grid: Sequence[int], stride: Sequence[float]) -> list[torch.Tensor]:
+    """Per axis `[G, n_axis]` block coverage of boxes given as input-voxel corners `[G, 6]` (z1 y1 x1 z2 y2 x2)."""
+    return [block_coverage(corners[:, axis], corners[:, axis + 3], int(grid[axis]), float(stride[axis])) for axis in range(3)]
+
+
+def partial_label_cross_entropy(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Mean over voxels of `-log sum_{k allowed} p_k` (module docstring); `allowed` [B, C + 1, d, h, w] bool."""
+    logits = logits.float()
+    masked = logits.masked_fill(~allowed, float("-inf"))
+    return (torch.logsumexp(logits, 1) - torch.logsumexp(masked, 1)).mean()
+
+
+def axis_views(profiles: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each axis's `[G, n]` inside-the-box indicator shaped to broadcast over `[G, d, h, w]`."""
+    views = []
+    for axis, profile in enumerate(profiles):
+        shape = [profile.shape[0], 1, 1, 1]
+        shape[1 + axis] = profile.shape[-1]
+        views.append((profile > 0).reshape(shape))
+    return views
+
+
+def projection_dice_loss(probability: torch.Tensor, profiles: Sequence[torch.Tensor], eps: float = 1e-5) -> torch.Tensor:
+    """BoxInst's projection term in 3D: `probability` [G, d, h, w] (each box's class channel), `profiles` the
+    box's coverage per axis; mean over boxes and axes of `1 - Dice(max over the box's cross-section, profile)`."""
+    views = axis_views(profiles)
+    losses = []
+    for axis in range(3):
+        first, second = (views[a] for a in range(3) if a != axis)
+        other = tuple(1 + a for a in range(3) if a != axis)
+        projected = probability.masked_fill(~(first & second), 0.0).amax(other)  # [G, n_axis]
+        target = profiles[axis]
+        dice = (2 * (projected * target).sum(-1) + eps) / ((projected ** 2).sum(-1) + (target ** 2).sum(-1) + eps)
+        losses.append(1.0 - dice)
+    return torch.stack(losses).mean()
+
+
+def box_supervised_level_loss(logits: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]],
+                              input_shape: Sequence[int], stride: Sequence[float]) -> torch.Tensor:
+    """`CE_partial + L_proj` of one level: `logits` [B, C + 1, d, h, w], `targets` per sample `labels` [G]
+    (1..C) and `boxes` [G, 6] normalised centre boxes of the input of shape `input_shape`."""
+    batch, channels, grid = logits.shape[0], logits.shape[1], tuple(logits.shape[2:])
+    allowed = torch.zeros((batch, channels) + grid, dtype=torch.bool, device=logits.device)
+    allowed[:, 0] = True
+    probabilities = logits.float().softmax(1)
+    boxed, box_profiles = [], [[], [], []]
+    scale = torch.tensor(list(input_shape) * 2, dtype=torch.float32, device=logits.device)
+    for sample, target in enumerate(targets):
+        if not len(target["labels"]):
+            continue
+        corners = centre_to_corners(target["boxes"].to(logits.device).float()) * scale
+        profiles = level_profiles(corners, grid, stride)
+        views = axis_views(profiles)
+        inside = views[0] & views[1] & views[2]
+        labels = target["labels"].to(logits.device).long()
+        for index, label in enumerate(labels.tolist()):
+            allowed[sample, label] |= inside[index]
+        boxed.append(probabilities[sample, labels])
+        for axis in range(3):
+            box_profiles[axis].append(profiles[axis])
+    loss = partial_label_cross_entropy(logits, allowed)
+    if boxed:
+        loss = loss + projection_dice_loss(torch.cat(boxed), [torch.cat(p) for p in box_profiles])
+    return loss
+
+
+def multiscale_box_supervised_loss(seg_logits: Sequence[torch.Tensor], targets: Sequence[dict[str, torch.Tensor]],
+                                   input_shape: Sequence[int], strides: Sequence[Sequence[int]] | None = None
+                                   ) -> tuple[torch.Tensor, list[float]]:
+    """Sum over levels of `box_supervised_level_loss`; per-level strides default to ceil(input / grid)."""
+    total = seg_logits[0].new_zeros((), dtype=torch.float32)
+    per_level = []
+    for index, logits in enumerate(seg_logits):
+        stride = strides[index] if strides is not None else [math.ceil(n / m) for n, m in zip(input_shape, logits.shape[2:])]
+        level = box_supervised_level_loss(logits, targets, input_shape, [float(s) for s in stride])
+        per_level.append(float(level.detach()))
+        total = total + level
+    return total, per_level
