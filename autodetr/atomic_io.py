@@ -3,10 +3,12 @@ so an interrupted run never leaves a half-written file and a rerun can trust wha
 
 A temporary name is `.<name>.<pid>-<random>.partial<suffix>` (the name part shortened so the whole stays
 within 255 bytes); `remove_stale_partials` deletes those whose writer process no longer exists (a killed
-run). A write that fails (full disk, read-only or missing folder, a name too long) raises `InputError`
-naming the file; so does a JSON or npz file that cannot be read."""
+run). A write that fails (full disk, read-only or missing folder, a name too long) raises `OutputError`
+naming the file; a JSON or npz file that cannot be read an `InputError` (`missing_file_reason`: a symlink
+loop is not "file not found")."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -18,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from autodetr.errors import InputError
+from autodetr.errors import InputError, OutputError
 
 #: Most file systems limit one name to 255 bytes.
 MAX_NAME_BYTES = 255
@@ -59,7 +61,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     an InputError naming `path`."""
     target = Path(path)
     if len(target.name.encode()) > MAX_NAME_BYTES:
-        raise InputError(f"{target}: file name longer than {MAX_NAME_BYTES} bytes; use a shorter case or file name")
+        raise OutputError(f"{target}: file name longer than {MAX_NAME_BYTES} bytes; use a shorter case or file name")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(
@@ -67,7 +69,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         )
         os.close(handle)
     except OSError as error:
-        raise InputError(f"{target}: cannot write ({_describe(error)})") from None
+        raise OutputError(f"{target}: cannot write ({_describe(error)})") from None
     temporary_path = Path(temporary)
     try:
         yield temporary_path
@@ -77,7 +79,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         os.replace(temporary_path, target)
     except OSError as error:
         temporary_path.unlink(missing_ok=True)
-        raise InputError(f"{target}: cannot write ({_describe(error)})") from None
+        raise OutputError(f"{target}: cannot write ({_describe(error)})") from None
     except BaseException:
         temporary_path.unlink(missing_ok=True)
         raise
@@ -108,6 +110,21 @@ def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
         path.unlink(missing_ok=True)
         removed.append(path)
     return removed
+
+
+def missing_file_reason(path: Path) -> str:
+    """Why `path` is no readable file: "symlink loop ...", "broken symlink ...", "is a folder ...", or
+    "file not found"."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symlink loop (the link leads back to itself, so there is no file); replace it with the file"
+        if path.is_symlink():
+            return f"broken symlink (it points to {os.readlink(path)}, which does not exist)"
+        return "file not found"
+    return "is a folder, not a file" if os.path.isdir(path) else f"not a regular file (mode {oct(mode)})"
 
 
 def _to_builtin(value: Any) -> Any:
@@ -146,9 +163,10 @@ def read_json(path: str | os.PathLike, expected: type | tuple[type, ...] | None 
         text = path.read_text(encoding="utf-8")
         content = json.loads(text, object_pairs_hook=_refuse_duplicate_keys if unique_keys else None)
     except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
+        raise InputError(f"{path}: {missing_file_reason(path)}") from None
     except OSError as error:
-        raise InputError(f"{path}: cannot be read ({_describe(error)})") from None
+        reason = missing_file_reason(path) if error.errno == errno.ELOOP else f"cannot be read ({_describe(error)})"
+        raise InputError(f"{path}: {reason}") from None
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text, so not valid JSON") from None
     except json.JSONDecodeError as error:

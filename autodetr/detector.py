@@ -45,7 +45,6 @@ its boxes to the original image, and `load_trained_detector(fold_folder)` rebuil
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -234,10 +233,12 @@ def find_checkpoint(fold_folder: str | Path, checkpoint: str | None = None) -> P
         path = Path(checkpoint)
         path = path if path.is_file() else folder / checkpoint
         if not path.is_file():
-            raise InputError(f"{path}: checkpoint not found")
+            from autodetr.atomic_io import missing_file_reason
+
+            raise InputError(f"{path}: checkpoint {missing_file_reason(path)}")
         return path
     for name in CHECKPOINT_PREFERENCE:
-        if (folder / name).is_file():
+        if (folder / name).is_file() or (folder / name).is_symlink():  # a broken link is named when read
             return folder / name
     raise InputError(f"{folder}: no checkpoint ({', '.join(CHECKPOINT_PREFERENCE)}); train this fold first")
 
@@ -250,19 +251,19 @@ def load_trained_detector(
     Reads `plans.json` and `arguments.json` (its `objective` picks the head) of `fold_folder` and the
     weights of `checkpoint_best.pt`, else `checkpoint_final.pt`, else `checkpoint_last.pt` (or the
     `checkpoint` given), with `torch.load(..., weights_only=True)`."""
+    from autodetr.atomic_io import read_json
+    from autodetr.model_files import NETWORK_PLAN_KEYS, read_checkpoint, read_plans
+
     folder = Path(fold_folder)
     for name in ("plans.json", "arguments.json"):
         if not (folder / name).is_file():
             raise InputError(f"{folder / name}: missing; {folder} is not a trained fold folder")
-    plans = json.loads((folder / "plans.json").read_text())
-    arguments = json.loads((folder / "arguments.json").read_text())
+    plans = read_plans(folder / "plans.json", NETWORK_PLAN_KEYS)
+    arguments = read_json(folder / "arguments.json", expected=dict)
     objective = check_objective(str(arguments.get("objective", "dqm")))
     path = find_checkpoint(folder, checkpoint)
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file
-        raise InputError(f"{path}: cannot read checkpoint ({error})") from error
-    state = content["model"] if isinstance(content, dict) and "model" in content else content
+    content = read_checkpoint(path)  # weights_only=True; one line for a file that is no checkpoint
+    state = content["model"] if "model" in content else content
     model = build_detector(plans, objective)
     try:
         model.load_state_dict(state)

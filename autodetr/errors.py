@@ -11,14 +11,19 @@ class InputError(Exception):
     """Bad user input: the message names the file (or value) and what is wrong with it."""
 
 
+class OutputError(InputError):
+    """The file system refused a write (full disk, permissions, a parent that is a file, a name too long):
+    the message names the file. An InputError, so callers that report one bad case go on; the CLI exits 1."""
+
+
 def one_line(text: str) -> str:
     """`text` with line breaks replaced by spaces (an error is reported as one line)."""
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def cli_main(function: Callable[..., int | None]) -> Callable[..., int]:
-    """Run a CLI entry point; an InputError prints one line and exits 2, an OSError of the file system one
-    line and exits 1 (the traceback with AUTODETR_DEBUG=1)."""
+    """Run a CLI entry point; an InputError prints one line and exits 2, a refused write (OutputError, or an
+    OSError of the file system) one line and exits 1 (the traceback with AUTODETR_DEBUG=1)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs) -> int:
@@ -28,7 +33,7 @@ def cli_main(function: Callable[..., int | None]) -> Callable[..., int]:
             if os.environ.get("AUTODETR_DEBUG"):
                 raise
             print(f"error: {one_line(str(error))}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(1 if isinstance(error, OutputError) else 2)
         except OSError as error:  # the file system refused: full disk, permissions, a path through a file
             if os.environ.get("AUTODETR_DEBUG"):
                 raise

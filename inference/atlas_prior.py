@@ -18,8 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from autodetr.atomic_io import read_json
 from autodetr.errors import InputError
+from autodetr.model_files import read_plans
 from autodetr.planners.atlas import OrganAtlas, prior_detections
 from autodetr.plans import Plans
 
@@ -53,7 +53,7 @@ class AtlasPriorPredictor:
             plans_file = Path(folder) / "plans.json"
             if not plans_file.is_file():
                 raise InputError(f"{plans_file}: missing; train the fold first")
-            fold_view = Plans.of(read_json(plans_file))
+            fold_view = Plans.of(read_plans(plans_file))
             if not fold_view.has_atlas:
                 raise InputError(f"{plans_file}: the plan has no organ atlas; rerun autodetr_plan_and_preprocess and train again")
             view = view or fold_view

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autodetr.atomic_io import missing_file_reason
 from autodetr.errors import InputError
 from autodetr.inference.dicom import DicomSeries, find_dicom_series, read_dicom_series
 from autodetr.preprocessing.raw_dataset import Geometry, image_array, read_images
@@ -100,7 +101,8 @@ def discover_cases(input_path: str | Path, num_channels: int = 1, exclude: str |
     Raises InputError when the input does not exist, holds nothing readable, or two cases share an id."""
     path = Path(input_path)
     if not path.exists():
-        raise InputError(f"{path}: input does not exist")
+        reason = missing_file_reason(path) if path.is_symlink() else "input does not exist"
+        raise InputError(f"{path}: {reason}")
     if exclude is not None and path.is_dir() and Path(exclude).resolve() == path.resolve():
         raise InputError(f"{path}: the output folder must not be the input folder")
     cases: list[InputCase] = []
@@ -124,7 +126,8 @@ def discover_cases(input_path: str | Path, num_channels: int = 1, exclude: str |
                 raise InputError(f"{path}: neither an image ({', '.join(IMAGE_ENDINGS)}) nor part of a DICOM series")
             cases = [InputCase(s.case_id, dicom=s) for s in series]
     else:
-        images = [p for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".") and image_ending(p)]
+        images = [p for p in sorted(path.iterdir())  # a broken link is a case that fails, naming the link
+                  if (p.is_file() or p.is_symlink()) and not p.name.startswith(".") and image_ending(p)]
         cases = group_image_files(images, num_channels)
         cases += [InputCase(s.case_id, dicom=s) for s in find_dicom_series(
             path, skip_suffixes=IMAGE_ENDINGS + (".json", ".csv", ".txt", ".md"), exclude=exclude)]

@@ -1,5 +1,5 @@
 """What `autodetr_predict` writes: per case `<case>.json` (the evaluation module's prediction format),
-`boxes.csv` over all cases, and optionally `<case>_boxes.nii.gz` box masks on the original grid.
+`boxes.csv` over the cases of the input, and optionally `<case>_boxes.nii.gz` box masks on the original grid.
 
 All writes are atomic (`autodetr.atomic_io`): an interrupted run leaves no half-written file, so a rerun
 can trust every `<case>.json` it finds.
@@ -7,7 +7,7 @@ can trust every `<case>.json` it finds.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -83,12 +83,18 @@ def write_mask_from_prediction(prediction_file: Path, path: Path) -> None:
     write_box_mask(path, content["boxes"], content["label_values"], geometry_from_prediction(content))
 
 
-def write_boxes_csv(output_folder: Path) -> Path:
-    """Rebuild `boxes.csv` from every prediction JSON in `output_folder` (one row per detection)."""
+def write_boxes_csv(output_folder: Path, case_ids: Sequence[str] | None = None) -> Path:
+    """Rebuild `boxes.csv` (one row per detection) from the prediction files `<case>.json` of `case_ids` that
+    exist in `output_folder`; no other file of the folder is read (a user's notes.json is none of ours).
+    Without `case_ids`, from every prediction JSON of the folder."""
     import pandas as pd
 
     output_folder = Path(output_folder)
-    files, _ = find_prediction_files(output_folder)
+    if case_ids is None:
+        files, _ = find_prediction_files(output_folder)
+    else:
+        files = {case: prediction_path(output_folder, case) for case in case_ids
+                 if prediction_path(output_folder, case).is_file()}
     rows = []
     for case, path in sorted(files.items()):
         content = load_prediction(path)

@@ -544,7 +544,8 @@ def predict(
 
     A case that cannot be read or predicted is reported on stderr (one line: case and reason) and
     listed in the summary's `failed`; the others are still written. Finished cases (`<case>.json`
-    exists) are skipped unless `overwrite`. `boxes.csv` is rebuilt from all case files at the end.
+    exists) are skipped unless `overwrite`. `boxes.csv` is rebuilt at the end from the case files of the
+    input's cases (no other file of the output folder is read).
     `slicer`: also write `<case>.mrk.json`, one 3D Slicer ROI per detection (`autodetr.slicer_markups`).
     `atlas_prior`: write the chosen folds' atlas prior instead of the networks' boxes (no network runs;
     `autodetr.inference.atlas_prior`), the baseline to read the model's files against.
@@ -612,7 +613,7 @@ def predict_cases(input_path: str | os.PathLike, output_folder: str | os.PathLik
             prefetcher.close()
             raise
         _predict_and_write(prefetcher, predictor, writing, summary, len(todo), options.progress)
-    summary.csv = write_boxes_csv(output)
+    summary.csv = write_boxes_csv(output, [case.case_id for case in cases])  # only our files: not a notes.json
     return summary
 
 
@@ -640,14 +641,16 @@ def check_prediction_options(checkpoint: str | None, score_threshold: float, iou
 
 
 def read_model_plans(fold_folders: Sequence[Path]) -> dict:
-    """The plans of the first fold, after checking every fold's arguments.json reads (one line naming a
-    corrupt file, not a traceback while loading)."""
+    """The plans of the first fold, after checking every fold's arguments.json and plans.json read (one line
+    naming a corrupt file or a plan without `classes`, not a traceback while loading)."""
     from autodetr.atomic_io import read_json
+    from autodetr.model_files import read_plans
 
     for fold_folder in fold_folders:
         if (fold_folder / "arguments.json").is_file():
             read_json(fold_folder / "arguments.json", expected=dict)
-    return read_json(fold_folders[0] / "plans.json", expected=dict)
+    plans = [read_plans(fold_folder / "plans.json") for fold_folder in fold_folders]  # a missing key: one line
+    return plans[0]
 
 
 def failure_reason(error: Exception) -> str:

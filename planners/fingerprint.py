@@ -1,14 +1,19 @@
 """Dataset fingerprint: nnU-Net's statistics (spacings, shapes after crop, foreground intensities),
 plus the detection statistics the planner needs (box sizes per class in mm, presence frequency per
-class, organs per case, boxes that touch the volume border, body extent in mm)."""
+class, organs per case, boxes that touch the volume border, body extent in mm).
+
+One bad case never moves the plan for everyone: a case whose spacing is far from the others' is left out of
+the spacing and size planning (`planning_outliers`), one whose CT values lie far outside the physical range
+out of the intensity statistics (`intensity_outliers`, `autodetr.planners.intensity`), each with a warning
+naming the file; a constant image is refused."""
 from __future__ import annotations
 
 import numpy as np
-from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
 
 from autodetr.errors import InputError
 from autodetr.parallel import progress_map
 from autodetr.plans import Plans
+from autodetr.planners.intensity import case_intensities, check_some_case_in_range, intensity_properties
 from autodetr.preprocessing.cropping import crop_case
 from autodetr.preprocessing.orientation import Reorientation
 from autodetr.preprocessing.box_files import read_any_case
@@ -26,12 +31,8 @@ def analyse_case(raw_case: RawCase, classes: list[OrganClass], ct_channels: list
     """Statistics of one training case (runs in a worker process)."""
     case = read_any_case(raw_case, classes)  # label map or box file
     reorientation = Reorientation.from_direction(case.geometry.direction)  # statistics in canonical axis order
-    image_cropped, label_cropped, crop_box = crop_case(case.image, case.label_map, ct_channels)
-    foreground, _ = DatasetFingerprintExtractor.collect_foreground_intensities(
-        (label_cropped if label_cropped is not None else np.zeros(image_cropped.shape[1:]))[None],
-        image_cropped,
-        num_samples=num_samples,
-    )
+    intensities = case_intensities(case.image, case.label_map, ct_channels, num_samples, raw_case.image_files)
+    image_cropped, _, _ = crop_case(case.image, case.label_map, ct_channels)
     spacing = reorientation.spacing(case.geometry.spacing_zyx)
     shape = np.asarray(reorientation.shape(case.geometry.shape_zyx))
     boxes = reorientation.boxes(case.boxes, case.geometry.shape_zyx)
@@ -42,7 +43,9 @@ def analyse_case(raw_case: RawCase, classes: list[OrganClass], ct_channels: list
         "spacing": spacing.tolist(),
         "shape_before_crop": shape.tolist(),
         "shape_after_crop": list(reorientation.shape(image_cropped.shape[1:])),
-        "foreground_intensities": [np.asarray(f, dtype=np.float32) for f in foreground],
+        "foreground_intensities": intensities["samples"],
+        "intensity_percentiles": intensities["percentiles"],
+        "intensity_outlier": intensities["outlier"],
         "box_label_values": case.box_label_values.tolist(),
         "box_extents_mm": extents_mm.tolist(),
         "box_touches_border": touches.tolist(),
@@ -94,16 +97,7 @@ def spacing_outliers(case_ids: list[str], spacings: np.ndarray) -> dict[str, str
 
 def aggregate(results: list[dict], classes: list[OrganClass], num_channels: int) -> dict:
     """Combine per-case statistics into the fingerprint (nnU-Net keys kept as nnU-Net names them)."""
-    intensity_properties = {}
-    for channel in range(num_channels):
-        values = np.concatenate([r["foreground_intensities"][channel] for r in results if len(r["foreground_intensities"][channel])] or [np.zeros(1)])
-        p005, median, p995 = np.percentile(values, (0.5, 50.0, 99.5))
-        clipped = np.clip(values.astype(np.float64), p005, p995)  # what CT normalisation sees: robust to outliers
-        intensity_properties[str(channel)] = {
-            "mean": float(clipped.mean()), "median": float(median), "std": float(clipped.std()),
-            "min": float(values.min()), "max": float(values.max()),
-            "percentile_99_5": float(p995), "percentile_00_5": float(p005),
-        }
+    intensity_outliers = {r["case_id"]: r["intensity_outlier"] for r in results if r.get("intensity_outlier")}
     outliers = spacing_outliers([r["case_id"] for r in results], np.asarray([r["spacing"] for r in results]))
     planned = [r for r in results if r["case_id"] not in outliers] or results
     spacings = np.asarray([r["spacing"] for r in planned])
@@ -129,7 +123,8 @@ def aggregate(results: list[dict], classes: list[OrganClass], num_channels: int)
         "shapes_after_crop_all": [r["shape_after_crop"] for r in results],
         "spacings": spacings.tolist(),
         "shapes_after_crop": shapes.tolist(),
-        "foreground_intensity_properties_per_channel": intensity_properties,
+        "intensity_outliers": intensity_outliers,
+        "foreground_intensity_properties_per_channel": intensity_properties(results, num_channels, intensity_outliers),
         "median_relative_size_after_cropping": float(np.median(relative)),
         "body_extent_mm_zyx": _percentiles(shapes * spacings),
         "detection": {
@@ -153,19 +148,26 @@ def extract_fingerprint(
     num_samples = min(num_samples, 100_000)
     arguments = [(case, classes, ct_channels, num_samples) for case in raw_cases]
     results = progress_map(analyse_case, arguments, num_processes, "Fingerprint")
-    return aggregate(results, classes, len(dataset_json["channel_names"]))
+    fingerprint = aggregate(results, classes, len(dataset_json["channel_names"]))
+    check_some_case_in_range(results, fingerprint["intensity_outliers"],
+                             lambda case_id, channel: _image_file(raw_cases, case_id, channel))
+    return fingerprint
 
 
-def _image_file(raw_cases: list[RawCase], case_id: str) -> str:
+def _image_file(raw_cases: list[RawCase], case_id: str, channel: int = 0) -> str:
     for case in raw_cases:
         if case.case_id == case_id:
-            return str(case.image_files[0])
+            return str(case.image_files[min(channel, len(case.image_files) - 1)])
     return case_id
 
 
 def planning_warnings(fingerprint: dict, raw_cases: list[RawCase]) -> list[str]:
-    """One line per case left out of the planning statistics, naming its image file."""
-    return [f"{_image_file(raw_cases, case_id)}: {reason}" for case_id, reason in fingerprint.get("planning_outliers", {}).items()]
+    """One line per case left out of the planning statistics (spacing) or the intensity statistics (CT
+    values outside the physical range), naming its image file."""
+    spacing = [f"{_image_file(raw_cases, case_id)}: {reason}" for case_id, reason in fingerprint.get("planning_outliers", {}).items()]
+    intensity = [f"{_image_file(raw_cases, case_id, outlier['channel'])}: {outlier['reason']}"
+                 for case_id, outlier in fingerprint.get("intensity_outliers", {}).items()]
+    return spacing + intensity
 
 
 def check_cases_fit_plan(fingerprint: dict, raw_cases: list[RawCase], plans: dict, min_size: int = 4) -> None:

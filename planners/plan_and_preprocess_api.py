@@ -15,12 +15,13 @@ from autodetr.errors import InputError
 from autodetr.locking import folder_lock
 from autodetr.paths import check_folder_name, dataset_name_from_id, inside, preprocessed_root, raw_root
 from autodetr.plans import Plans
-from autodetr.planners.fingerprint import check_cases_fit_plan, extract_fingerprint, planning_warnings
+from autodetr.planners.fingerprint import check_cases_fit_plan, ct_channel_indices, extract_fingerprint, planning_warnings
+from autodetr.planners.intensity import normalisation_decision
 from autodetr.planners.planner import PLANS_NAME, plan_experiment
 from autodetr.preprocessing.identity import preprocessing_identity
 from autodetr.preprocessing.preprocess_dataset import preprocess_dataset
 from autodetr.preprocessing.raw_dataset import (
-    check_num_training, is_instance_form, list_cases, load_dataset_json, organ_classes,
+    check_num_training, is_instance_form, list_cases, load_dataset_json, no_cases_reason, organ_classes,
 )
 from autodetr.preprocessing.splits import load_or_make_splits
 from autodetr.preprocessing.box_files import annotation_form, list_box_cases
@@ -63,8 +64,8 @@ def _cached_fingerprint(path: Path, case_ids: list[str]) -> dict | None:
         fingerprint = read_json(path, expected=dict)
     except InputError as error:
         raise InputError(f"{error}; or rerun with --clean to compute it again") from None
-    if fingerprint.get("case_ids") != case_ids or "planning_outliers" not in fingerprint:
-        return None
+    if fingerprint.get("case_ids") != case_ids or "planning_outliers" not in fingerprint or "intensity_outliers" not in fingerprint:
+        return None  # another dataset, or an older fingerprint version
     return fingerprint
 
 
@@ -76,7 +77,7 @@ def _read_raw_dataset(raw_folder: Path) -> tuple[dict, str, list, list]:
     classes = organ_classes(dataset_json, instance_form)
     raw_cases = list_box_cases(raw_folder, dataset_json) if annotation == "boxes" else list_cases(raw_folder, dataset_json)
     if not raw_cases:
-        raise InputError(f"{raw_folder / 'imagesTr'}: no training images ending in {dataset_json['file_ending']}")
+        raise InputError(no_cases_reason(raw_folder / "imagesTr", dataset_json["file_ending"]))
     check_num_training(raw_folder, dataset_json, len(raw_cases))
     return dataset_json, annotation, classes, raw_cases
 
@@ -125,6 +126,9 @@ def plan_and_preprocess(
         box_annotations=annotation == "boxes", **plan_options
         )
         plans["plans_name"] = plans_name
+        plans["decisions"]["normalization"] = normalisation_decision(
+            fingerprint["foreground_intensity_properties_per_channel"], fingerprint["intensity_outliers"],
+            ct_channel_indices(dataset_json))
         notes = planning_warnings(fingerprint, raw_cases)
         if notes:
             plans["warnings"] = notes

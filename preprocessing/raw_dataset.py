@@ -26,12 +26,16 @@ from typing import Mapping
 import numpy as np
 import SimpleITK as sitk
 
-from autodetr.atomic_io import read_json
+from autodetr.atomic_io import missing_file_reason, read_json
 from autodetr.boxes import boxes_from_label_map
 from autodetr.errors import InputError
 from autodetr.preprocessing.file_checks import check_complete, count_non_finite_nifti
+from autodetr.preprocessing.headers import check_header, itk_read_reason, quiet_itk
 
 REQUIRED_DATASET_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+#: Endings of the 3D image formats autodetr reads (SimpleITK), and compression suffixes that are only their end.
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+COMPRESSION_ENDINGS = (".gz", ".bz2", ".xz", ".zip", ".zst", ".z")
 GEOMETRY_TOLERANCE = 1e-3
 #: Names of label "0" that make a `{"0": name, ...}` mapping the nnU-Net v1 / MSD form (else nnDetection's).
 BACKGROUND_NAMES = ("background", "bg", "clear label")
@@ -139,6 +143,9 @@ def check_dataset_json(content: dict, path: Path | str = "dataset.json") -> None
     ending = content["file_ending"]
     if not isinstance(ending, str) or not ending.startswith(".") or "/" in ending:
         raise InputError(f"{path}: 'file_ending' must be a file ending such as \".nii.gz\", got {ending!r}")
+    if ending.lower() in COMPRESSION_ENDINGS:
+        raise InputError(f"{path}: 'file_ending' {ending!r} is only the compression suffix; give the whole ending of "
+                         f"the image files, e.g. \".nii.gz\" for case_000_0000.nii.gz (one of {', '.join(IMAGE_ENDINGS)})")
     channels = content["channel_names"]
     if not isinstance(channels, dict) or not channels:
         raise InputError(f"{path}: 'channel_names' must be a non-empty mapping such as {{\"0\": \"CT\"}}, got {channels!r}")
@@ -261,6 +268,8 @@ def list_cases(dataset_folder: Path, dataset_json: dict, images: str = "imagesTr
         label_file = instance_file = None
         if labels is not None:
             label_file = folder / labels / f"{case_id}{ending}"
+            if label_file.is_symlink() and not label_file.is_file():
+                raise InputError(f"{label_file}: {missing_file_reason(label_file)}")
             if not label_file.is_file():
                 raise InputError(f"{files[0]}: image without label (expected {label_file})")
             candidate = folder / labels / f"{case_id}.json"
@@ -269,17 +278,31 @@ def list_cases(dataset_folder: Path, dataset_json: dict, images: str = "imagesTr
     return cases
 
 
+def no_cases_reason(image_folder: Path, ending: str) -> str:
+    """Why a training image folder gives no case: no file with the ending, or files with it that are not
+    named `<case>_<4-digit channel><ending>`."""
+    folder = Path(image_folder)
+    matching = sorted(p.name for p in folder.iterdir() if p.name.endswith(ending) and not p.name.startswith(".")) \
+        if folder.is_dir() else []
+    if matching:
+        return (f"{folder}: {len(matching)} file(s) end in {ending} but none is named <case>_<4-digit channel>{ending} "
+                f"(e.g. case_000_0000{ending}), such as {matching[0]}")
+    return f"{folder}: no training images ending in {ending}"
+
+
 def read_image(path: Path) -> sitk.Image:
-    """Read one 3D image; unreadable, truncated, 2D and 4D files raise InputError."""
+    """Read one 3D image; missing (a symlink loop named as such), unreadable, truncated, 2D and 4D files and
+    broken headers (`autodetr.preprocessing.headers`) raise InputError."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: file not found")
+        raise InputError(f"{path}: {missing_file_reason(path)}")
     check_complete(path)
+    check_header(path)  # a NaN or zero voxel size, a singular direction, a qform and sform that disagree
     try:
-        image = sitk.ReadImage(str(path))
+        with quiet_itk():
+            image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unreadable"
-        raise InputError(f"{path}: cannot be read ({reason[:160]})") from None
+        raise InputError(f"{path}: {itk_read_reason(error)}") from None
     if image.GetDimension() != 3:
         raise InputError(f"{path}: expected a 3D image, got {image.GetDimension()}D (size {image.GetSize()})")
     if image.GetNumberOfComponentsPerPixel() != 1:

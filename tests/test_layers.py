@@ -8,7 +8,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 #: Package (import name under `autodetr.`) -> layer, bottom up, as docs/architecture.md lists them.
 LAYERS = {
     **{name: 1 for name in ("errors", "atomic_io", "paths", "devices", "locking", "parallel", "boxes", "boxes_torch",
-                            "plans", "prediction_files", "pretrained")},
+                            "plans", "prediction_files", "pretrained", "model_files")},
     "slicer_markups": 2, "preprocessing": 3, "evaluation": 4, "planners": 5,
     "model": 6, "losses": 6, "detector": 6, "inference": 7, "training": 8, "demo": 9, "phantom": 9,
 }

@@ -195,8 +195,9 @@ def _pair_cases(
 
 def _read_case_prediction(
     prediction_file: Path, label_file: Path, shape: Sequence[int] | None, name_to_value: Mapping[str, int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`(boxes, scores, labels)` of one prediction file, its image shape checked against the label map's."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """`(boxes, scores, labels, class names)` of one prediction file, its image shape checked against the
+    label map's."""
     content = load_prediction(prediction_file)
     expected = content.get("image_shape")
     if expected is not None and shape is not None and tuple(int(s) for s in expected) != tuple(shape):
@@ -208,7 +209,21 @@ def _read_case_prediction(
     for n, name in enumerate(content["class_names"]):
         if name in name_to_value:          # the class name wins over a label value (robust to renumbering)
             labels[n] = name_to_value[name]
-    return content["boxes"], content["scores"], labels
+    return content["boxes"], content["scores"], labels, content["class_names"]
+
+
+def undeclared_detections(prediction_file: Path, labels: np.ndarray, class_names: Sequence[object],
+                          declared: Sequence[int], dataset_json: object) -> str | None:
+    """The warning for detections whose class (by name and by label value) is none of dataset.json's:
+    they cannot be scored, so they are named instead of ignored without a word."""
+    unknown = sorted({int(v) for v in labels} - {int(v) for v in declared})
+    if not unknown:
+        return None
+    count = int(np.isin(labels, unknown).sum())
+    names = sorted({str(n) for n, v in zip(class_names, labels) if int(v) in unknown})
+    return (f"{prediction_file}: {count} detection(s) with label_value {unknown} (class_name {', '.join(names)}) "
+            f"are of no class declared in {dataset_json} (label values {sorted(int(v) for v in declared)}); "
+            "not scored: predictions of another model or dataset?")
 
 
 def _read_cases(
@@ -226,7 +241,9 @@ def _read_cases(
         gt_boxes, gt_labels, shape, case_notes = read_ground_truth_case(label_files[case], dataset_classes, declared)
         warnings.extend(case_notes)
         if case in predictions:
-            boxes, scores, labels = _read_case_prediction(predictions[case], label_files[case], shape, name_to_value)
+            boxes, scores, labels, names = _read_case_prediction(predictions[case], label_files[case], shape, name_to_value)
+            note = undeclared_detections(predictions[case], labels, names, declared, dataset_classes.source or "dataset.json")
+            warnings.extend([note] if note else [])
         else:
             boxes, scores, labels = np.zeros((0, 6)), np.zeros(0), np.zeros(0, dtype=np.int64)
         cases.append(CaseResult(case, gt_boxes, gt_labels, boxes, scores, labels))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from autodetr.atomic_io import atomic_path
-from autodetr.errors import InputError
+from autodetr.errors import OutputError
 
 CHECKPOINT_VERSION = 1
 
@@ -49,14 +49,14 @@ def save_checkpoint(path: str | Path, content: dict[str, Any]) -> None:
     content = dict(content)
     content.setdefault("version", CHECKPOINT_VERSION)
     with atomic_path(path, suffix=".pt") as temporary:
-        torch.save(content, temporary)
+        try:
+            torch.save(content, temporary)
+        except RuntimeError as error:  # torch's writer reports a full disk as a RuntimeError, not an OSError
+            raise OutputError(f"{path}: cannot write ({str(error).strip()[:160]})") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise InputError(f"{path}: cannot read checkpoint ({error})") from error
+    """`autodetr.model_files.read_checkpoint`: weights_only=True, one line for a file that is no checkpoint."""
+    from autodetr.model_files import read_checkpoint
+
+    return read_checkpoint(path)

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_inputs(dataset: str, plans_name: str) -> None:
     """Refuse a plans name that is not one folder name, and a plans.json or splits_final.json that is not
     valid, with one line naming the file (training would otherwise stop with a traceback)."""
-    from autodetr.atomic_io import read_json
+    from autodetr.model_files import NETWORK_PLAN_KEYS, read_plans
     from autodetr.paths import check_folder_name, preprocessed_root
     from autodetr.preprocessing.splits import read_splits
     from autodetr.training.train_api import _resolve_dataset
@@ -79,7 +79,7 @@ def check_inputs(dataset: str, plans_name: str) -> None:
     check_folder_name(plans_name, "plans")
     folder = preprocessed_root() / _resolve_dataset(dataset)
     if (folder / plans_name / "plans.json").is_file():
-        read_json(folder / plans_name / "plans.json", expected=dict)
+        read_plans(folder / plans_name / "plans.json", NETWORK_PLAN_KEYS)
     if (folder / "splits_final.json").is_file():
         read_splits(folder / "splits_final.json")
 

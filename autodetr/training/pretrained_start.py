@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from autodetr.errors import InputError
+from autodetr.model_files import NETWORK_PLAN_KEYS, read_plans
 from autodetr.plans import Plans, query_count
 from autodetr.pretrained import available_models, pretrained_folder
 
@@ -36,10 +37,12 @@ def source_folder(pretrained: str) -> tuple[Path, Path | None]:
     name, a fold folder, or a checkpoint file inside a fold folder."""
     path = Path(pretrained)
     if path.is_file():
+        read_plans(path.parent / "plans.json", NETWORK_PLAN_KEYS)  # no classes: one line, not a KeyError
         return path.parent, path
     if path.is_dir():
         if not (path / "plans.json").is_file():
             raise InputError(f"--pretrained {path}: not a fold folder (no plans.json)")
+        read_plans(path / "plans.json", NETWORK_PLAN_KEYS)
         return path, None
     if pretrained in available_models() or not any(sep in pretrained for sep in "/\\"):
         return pretrained_folder(pretrained), None
