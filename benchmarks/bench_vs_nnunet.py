@@ -40,9 +40,10 @@ needs a torchvision that matches torch; the trainer's docstring has the details)
     python benchmarks/bench_vs_nnunet.py --minutes 20                        # the README's figures
     python benchmarks/bench_vs_nnunet.py --minutes 0.5 --num-cases 4 --num-test-cases 1 --size small  # smoke
 
-Raw phantoms are kept in `--work` and reused; every measured stage starts from empty folders. Prints one
-table (one column per tool) and writes `<work>/bench_vs_nnunet.json` (or `--json`); each stage's output is in
-`<work>/logs/`.
+`--threads` sets the torch threads of every process, except `nnUNetv2_predict -device cpu`, which always
+takes every core. Raw phantoms are kept in `--work` and reused; every measured stage starts from empty
+folders. Prints one table (one column per tool) and writes `<work>/bench_vs_nnunet.json` (or `--json`); each
+stage's output is in `<work>/logs/`.
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Mapping, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -81,17 +83,58 @@ METRICS = ("mAP", "mAR", "AP50", "AP75", "nnDet_mAP", "ECE", "num_detections", "
 CLASS_METRICS = ("AP", "AP50", "AP75", "AR", "num_gt", "num_detections")
 
 
-def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_shared_arguments(parser: argparse.ArgumentParser, work: Path) -> None:
+    """The options every peer benchmark shares (this one and `bench_vs_retinanet.py`): budget, phantom data,
+    autodetr's options, threads, processes, seed and folders (`work`: the default scratch folder)."""
     parser.add_argument("--minutes", type=float, default=20.0,
                         help="training wall-clock budget of each tool in minutes (autodetr_train --max-minutes; the "
-                             "nnU-Net budget trainer's limit); default 20")
+                             "peer's own limit); default 20")
     parser.add_argument("--num-cases", type=int, default=20, help="phantom training cases (default 20)")
     parser.add_argument("--num-test-cases", type=int, default=5,
-                        help="held-out phantom cases (imagesTs / labelsTs) that both tools predict (default 5)")
+                        help="held-out phantom cases (imagesTs / labelsTs) that every tool predicts (default 5)")
     parser.add_argument("--size", choices=["full", "small"], default="full",
                         help="phantom size: 'full' (realistic 256-512 matrices, the benchmark) or 'small' (about "
                              "50 x 60 x 60 voxels, for a quick check of the pipeline); default full")
+    parser.add_argument("--autodetr-disable-tta", action="store_true",
+                        help="autodetr_predict --disable-tta (default: its test-time copies, autodetr_predict's default)")
+    parser.add_argument("--objective", choices=["dqm", "hungarian", "drmm"], default="dqm",
+                        help="autodetr training objective (default dqm, autodetr_train's default)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads of each training and prediction process of every tool (default: all "
+                             f"{os.cpu_count()} cores); the tools run one after the other")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="augmentation worker processes of the trainers that have them (autodetr_train "
+                             "--num-workers, nnUNet_n_proc_DA); default: each tool's own")
+    parser.add_argument("-np", "--num-processes", type=int, default=2,
+                        help="processes for phantom generation, preprocessing and the prediction readers / writers "
+                             "(default 2)")
+    parser.add_argument("--seed", type=int, default=0, help="phantom and training seed (default 0)")
+    parser.add_argument("--work", type=Path, default=work,
+                        help="scratch folder: raw phantoms (kept), every tool's preprocessed data, models, "
+                             f"predictions, evaluations and logs/ (default {os.path.relpath(work, REPOSITORY)})")
+    parser.add_argument("--json", type=Path, default=None,
+                        help=f"where to write the figures (default <work>/{work.name}.json)")
+
+
+def check_shared_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, tools: Sequence[str]) -> None:
+    """Refuse bad shared options (`parser.error`); sets `args.tool_names` from `--tools` and makes `--work`
+    absolute."""
+    args.tool_names = [t.strip() for t in args.tools.split(",") if t.strip()]
+    unknown = [t for t in args.tool_names if t not in tools]
+    if unknown or not args.tool_names:
+        parser.error(f"--tools: choose from {', '.join(tools)}; got {args.tools!r}")
+    if args.minutes <= 0:
+        parser.error("--minutes must be positive")
+    if args.num_cases < 2 or args.num_test_cases < 1:
+        parser.error("--num-cases must be at least 2 and --num-test-cases at least 1")
+    if args.threads < 1 or args.num_processes < 1 or (args.num_workers is not None and args.num_workers < 0):
+        parser.error("--threads and -np must be at least 1, --num-workers at least 0")
+    args.work = args.work.resolve()
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_shared_arguments(parser, REPOSITORY / "benchmarks" / "output" / "bench_vs_nnunet")
     parser.add_argument("--tools", default=",".join(TOOLS),
                         help="comma-separated tools to run, of autodetr, nnunet (default both; nnunet alone still "
                              "runs autodetr's planning once when it needs autodetr's spacing)")
@@ -108,38 +151,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nnunet-disable-tta", action="store_true",
                         help="nnUNetv2_predict --disable_tta (default: nnU-Net's mirroring test-time augmentation, "
                              "its default)")
-    parser.add_argument("--autodetr-disable-tta", action="store_true",
-                        help="autodetr_predict --disable-tta (default: its test-time copies, autodetr_predict's default)")
-    parser.add_argument("--objective", choices=["dqm", "hungarian", "drmm"], default="dqm",
-                        help="autodetr training objective (default dqm, autodetr_train's default)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads of each training and prediction process of both tools (default: all "
-                             f"{os.cpu_count()} cores; nnUNetv2_predict -device cpu always takes every core); the "
-                             "tools run one after the other")
-    parser.add_argument("--num-workers", type=int, default=None,
-                        help="augmentation worker processes of both trainers (autodetr_train --num-workers, "
-                             "nnUNet_n_proc_DA); default: each tool's own")
-    parser.add_argument("-np", "--num-processes", type=int, default=2,
-                        help="processes for phantom generation, both tools' preprocessing and their prediction "
-                             "readers / writers (default 2)")
-    parser.add_argument("--seed", type=int, default=0, help="phantom and autodetr training seed (default 0)")
-    parser.add_argument("--work", type=Path, default=REPOSITORY / "benchmarks" / "output" / "bench_vs_nnunet",
-                        help="scratch folder: raw phantoms (kept), both tools' preprocessed data, models, "
-                             "predictions, evaluations and logs/ (default benchmarks/output/bench_vs_nnunet)")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="where to write the figures (default <work>/bench_vs_nnunet.json)")
     args = parser.parse_args(argv)
-    args.tool_names = [t.strip() for t in args.tools.split(",") if t.strip()]
-    unknown = [t for t in args.tool_names if t not in TOOLS]
-    if unknown or not args.tool_names:
-        parser.error(f"--tools: choose from {', '.join(TOOLS)}; got {args.tools!r}")
-    if args.minutes <= 0:
-        parser.error("--minutes must be positive")
-    if args.num_cases < 2 or args.num_test_cases < 1:
-        parser.error("--num-cases must be at least 2 and --num-test-cases at least 1")
-    if args.threads < 1 or args.num_processes < 1 or (args.num_workers is not None and args.num_workers < 0):
-        parser.error("--threads and -np must be at least 1, --num-workers at least 0")
-    args.work = args.work.resolve()
+    check_shared_arguments(parser, args, TOOLS)
     return args
 
 
@@ -284,35 +297,44 @@ def run_nnunet(args: argparse.Namespace, env: dict, dataset_folder: Path, logs: 
     tool["metrics"], stages["evaluate"] = evaluate(predictions, dataset_folder, folder / "evaluation")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_arguments(argv)
-    logs = args.work / "logs"
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
-               AUTODETR_raw=str(args.work / f"raw_{args.size}_{args.num_cases}_{args.num_test_cases}_seed{args.seed}"),
-               AUTODETR_preprocessed=str(args.work / "autodetr" / "preprocessed"),
-               AUTODETR_results=str(args.work / "autodetr" / "results"))
-    figures: dict = {
-        "settings": {"minutes_budget": args.minutes, "num_cases": args.num_cases, "num_test_cases": args.num_test_cases,
-                     "size": args.size, "objective": args.objective, "nnunet_configuration": args.nnunet_configuration,
-                     "nnunet_scores": args.nnunet_scores,
-                     "nnunet_gpu_memory_target": args.nnunet_gpu_memory_target, "nnunet_tta": not args.nnunet_disable_tta,
-                     "autodetr_tta": not args.autodetr_disable_tta, "threads": args.threads, "num_workers": args.num_workers,
-                     "num_processes": args.num_processes, "seed": args.seed, "tools": args.tool_names},
-        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version()},
-        "tools": {},
-    }
+def benchmark_environment(args: argparse.Namespace) -> dict[str, str]:
+    """Environment of every stage: `--threads` OpenMP threads and autodetr's roots inside `--work` (the raw
+    phantoms in a folder named by size, counts and seed, so a rerun reuses them)."""
+    return dict(os.environ, OMP_NUM_THREADS=str(args.threads),
+                AUTODETR_raw=str(args.work / f"raw_{args.size}_{args.num_cases}_{args.num_test_cases}_seed{args.seed}"),
+                AUTODETR_preprocessed=str(args.work / "autodetr" / "preprocessed"),
+                AUTODETR_results=str(args.work / "autodetr" / "results"))
+
+
+def shared_settings(args: argparse.Namespace) -> dict:
+    """The JSON's settings of the shared options (`add_shared_arguments`)."""
+    return {"minutes_budget": args.minutes, "num_cases": args.num_cases, "num_test_cases": args.num_test_cases,
+            "size": args.size, "objective": args.objective, "autodetr_tta": not args.autodetr_disable_tta,
+            "threads": args.threads, "num_workers": args.num_workers, "num_processes": args.num_processes,
+            "seed": args.seed, "tools": args.tool_names}
+
+
+def machine_figures(packages: Sequence[str]) -> dict:
+    """CPU, Python and the versions of `packages` installed here (read from their metadata, not imported)."""
+    machine: dict = {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                     "python": platform.python_version()}
     try:
-        from importlib.metadata import version   # nnU-Net itself runs only in its own processes
+        from importlib.metadata import version
 
-        figures["machine"].update(torch=version("torch"), nnunetv2=version("nnunetv2"), autodetr=version("autodetr"))
+        machine.update({name: version(name) for name in packages})
     except Exception as error:  # the versions are informative only
-        figures["machine"]["versions_error"] = str(error)
+        machine["versions_error"] = str(error)
+    return machine
 
-    print(f"phantom data ({args.num_cases} + {args.num_test_cases} {args.size} cases) in {env['AUTODETR_raw']}", flush=True)
-    dataset_folder, figures["data"] = make_data(args, env, logs)
-    runners = {"autodetr": run_autodetr, "nnunet": run_nnunet}
-    labels = {"autodetr": "autodetr", "nnunet": "nnU-Net v2"}
+
+Runner = Callable[[argparse.Namespace, dict, Path, Path, dict], None]
+
+
+def run_tools(args: argparse.Namespace, env: dict, dataset_folder: Path, runners: Mapping[str, Runner],
+              labels: Mapping[str, str], figures: dict) -> None:
+    """Run each of `args.tool_names` in turn into `figures["tools"][label]`; a failing tool records its error
+    and the others still run."""
+    logs = args.work / "logs"
     for name in args.tool_names:
         tool: dict = {"configuration": None, "stages": {}, "training": {}, "metrics": None, "error": None}
         figures["tools"][labels[name]] = tool
@@ -325,17 +347,33 @@ def main(argv: list[str] | None = None) -> int:
         for stage, values in tool["stages"].items():
             print(f"  {stage}: {values.get('wall_s')} s", flush=True)
 
+
+def report(figures: dict, title: str, path: Path) -> int:
+    """Print the comparison table under `title`, write `figures` (with the table) to `path`; 1 when a tool failed."""
     table = comparison_table(figures["tools"])
-    title = (f"autodetr vs nnU-Net v2 boxes: {args.num_cases} {args.size} phantoms, {args.num_test_cases} held-out, "
-             f"{args.minutes:g} min of CPU training each, {args.threads} thread(s), one tool at a time")
     print(f"\n{title}\n{table}")
     figures["table"] = table
-    path = args.json or args.work / "bench_vs_nnunet.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(figures, indent=2, default=str) + "\n")
     print(f"\nfigures written to {path}")
     return 1 if any(tool["error"] for tool in figures["tools"].values()) else 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    env = benchmark_environment(args)
+    settings = shared_settings(args)
+    settings.update(nnunet_configuration=args.nnunet_configuration, nnunet_scores=args.nnunet_scores,
+                    nnunet_gpu_memory_target=args.nnunet_gpu_memory_target, nnunet_tta=not args.nnunet_disable_tta)
+    # nnU-Net itself runs only in its own processes: its version is read from its metadata
+    figures: dict = {"settings": settings, "machine": machine_figures(("torch", "nnunetv2", "autodetr")), "tools": {}}
+    print(f"phantom data ({args.num_cases} + {args.num_test_cases} {args.size} cases) in {env['AUTODETR_raw']}", flush=True)
+    dataset_folder, figures["data"] = make_data(args, env, args.work / "logs")
+    run_tools(args, env, dataset_folder, {"autodetr": run_autodetr, "nnunet": run_nnunet},
+              {"autodetr": "autodetr", "nnunet": "nnU-Net v2"}, figures)
+    title = (f"autodetr vs nnU-Net v2 boxes: {args.num_cases} {args.size} phantoms, {args.num_test_cases} held-out, "
+             f"{args.minutes:g} min of CPU training each, {args.threads} thread(s), one tool at a time")
+    return report(figures, title, args.json or args.work / "bench_vs_nnunet.json")
 
 if __name__ == "__main__":
     sys.exit(main())
