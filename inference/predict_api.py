@@ -390,6 +390,18 @@ def empty_result() -> dict[str, Any]:
 # cases in, files out
 # ----------------------------------------------------------------------------------------------------
 
+def ct_range_of_scan(image: np.ndarray, ct_channels: list[int]) -> str | None:
+    """Why a CT channel of a scan to predict lies far outside the physical HU range (wrapped unsigned 16-bit
+    values, or many voxels above it: `autodetr.planners.intensity.ct_range_problem`, with no labels), or None."""
+    from autodetr.planners.intensity import ct_range_problem
+
+    for channel in ct_channels:
+        problem = ct_range_problem(image[channel], np.zeros(image.shape[1:], dtype=bool))
+        if problem:
+            return problem
+    return None
+
+
 def _load_and_preprocess(case: InputCase, plans: dict):
     """Worker: read and preprocess one case; returns the PreprocessedCase or an error line."""
     from autodetr.preprocessing.preprocess_case import preprocess_image
@@ -399,7 +411,9 @@ def _load_and_preprocess(case: InputCase, plans: dict):
         planned = Plans.of(plans)
         if image.shape[0] != planned.in_channels:
             raise InputError(f"{case.source}: {image.shape[0]} channel(s), the model takes {planned.in_channels}")
-        return preprocess_image(image, geometry, planned)
+        prepared = preprocess_image(image, geometry, planned)
+        prepared.intensity_problem = ct_range_of_scan(image, planned.ct_channels)
+        return prepared
     except InputError as error:
         return str(error)
     except Exception as error:  # noqa: BLE001 - a broken case must not stop the others
@@ -691,6 +705,9 @@ class CaseOutputs:
                           stacklevel=1)
         else:
             result = predictor.predict_case(prepared)
+        if prepared.intensity_problem:
+            warnings.warn(f"{case.source}: {prepared.intensity_problem}; predicted anyway, its boxes may be wrong",
+                          stacklevel=1)
         keep = result["scores"] >= self.score_threshold
         geometry = prepared.restore.geometry
         extra = {

@@ -33,6 +33,7 @@ class PreprocessedCase:
     classes: np.ndarray  # [G] class indices 1..C
     restore: RestoreInfo
     body_found: bool = True  # False: all air or under MIN_BODY_VOXELS voxels on an axis (nothing to detect)
+    intensity_problem: str | None = None  # why a CT channel lies outside the physical HU range (set by the caller)
 
 
 def fitted_shape(cropped_shape: np.ndarray, spacing: np.ndarray, target_spacing: np.ndarray, input_size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

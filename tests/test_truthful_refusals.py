@@ -189,3 +189,26 @@ def test_predict_reads_no_file_of_its_output_folder_that_is_not_a_prediction(tmp
     table = (output / "boxes.csv").read_text()
     assert "scan," in table and "notes" not in table
     assert (output / "notes.json").read_text() == "{my notes, not JSON"
+
+
+def test_predict_names_a_scan_whose_ct_values_wrapped_around(tmp_path, recwarn, scan):
+    """The planning check's sibling at prediction: a scan stored as uint16 with negative HU wrapped (a real
+    export bug) is predicted, with a warning naming the file; the unwrapped scan gets none."""
+    import SimpleITK as sitk
+
+    source = scan / "scan_0000.nii.gz"
+    image = sitk.ReadImage(str(source))
+    wrapped = sitk.GetImageFromArray((sitk.GetArrayFromImage(image).astype(np.int32) % 65536).astype(np.uint16))
+    wrapped.CopyInformation(image)
+    (tmp_path / "wrapped").mkdir()
+    sitk.WriteImage(wrapped, str(tmp_path / "wrapped" / "scan_0000.nii.gz"))
+    for folder, expect_warning in ((scan, False), (tmp_path / "wrapped", True)):
+        output = tmp_path / f"out_{folder.name}"
+        assert _exit_code(predict_main, ["-i", str(folder), "-o", str(output), "--pretrained", "phantom-abdomen",
+                                         "-np", "1", "--no-progress", "--disable-tta"]) == 0
+        named = [str(w.message) for w in recwarn if "unsigned 16-bit" in str(w.message)]
+        recwarn.clear()
+        assert bool(named) == expect_warning, named
+        if expect_warning:
+            assert str(folder / "scan_0000.nii.gz") in named[0] and "predicted anyway" in named[0]
+            assert (output / "scan.json").is_file()
