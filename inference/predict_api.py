@@ -402,6 +402,15 @@ def ct_range_of_scan(image: np.ndarray, ct_channels: list[int]) -> str | None:
     return None
 
 
+def refuse_constant_channels(image: np.ndarray, ct_channels: list[int], source: object) -> None:
+    """Refuse a scan `[C, z, y, x]` with a constant or near-constant channel, naming `source`
+    (`autodetr.planners.intensity.check_not_constant`, the planning refusal's sibling)."""
+    from autodetr.planners.intensity import check_not_constant
+
+    for channel in range(image.shape[0]):
+        check_not_constant(image[channel], source, channel in ct_channels)
+
+
 def _load_and_preprocess(case: InputCase, plans: dict):
     """Worker: read and preprocess one case; returns the PreprocessedCase or an error line."""
     from autodetr.preprocessing.preprocess_case import preprocess_image
@@ -412,6 +421,8 @@ def _load_and_preprocess(case: InputCase, plans: dict):
         if image.shape[0] != planned.in_channels:
             raise InputError(f"{case.source}: {image.shape[0]} channel(s), the model takes {planned.in_channels}")
         prepared = preprocess_image(image, geometry, planned)
+        if prepared.body_found:  # an all-air scan is no body (a warning), any other constant scan is refused
+            refuse_constant_channels(image, planned.ct_channels, case.source)
         prepared.intensity_problem = ct_range_of_scan(image, planned.ct_channels)
         return prepared
     except InputError as error:

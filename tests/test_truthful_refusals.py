@@ -212,3 +212,21 @@ def test_predict_names_a_scan_whose_ct_values_wrapped_around(tmp_path, recwarn, 
         if expect_warning:
             assert str(folder / "scan_0000.nii.gz") in named[0] and "predicted anyway" in named[0]
             assert (output / "scan.json").is_file()
+
+
+@pytest.mark.parametrize("value", [0.0, 40.0])
+def test_predict_refuses_a_constant_scan_and_predicts_the_others(tmp_path, capsys, scan, value):
+    """The planning refusal's sibling at prediction: a constant scan that is not air (an all-0 export, a
+    scan of one soft-tissue value) is named and gets no prediction file; the good scan beside it is predicted."""
+    import SimpleITK as sitk
+
+    good = sitk.ReadImage(str(scan / "scan_0000.nii.gz"))
+    constant = sitk.GetImageFromArray(np.full(sitk.GetArrayFromImage(good).shape, value, dtype=np.int16))
+    constant.CopyInformation(good)
+    sitk.WriteImage(constant, str(scan / "flat_0000.nii.gz"))
+    output = tmp_path / "out"
+    assert _exit_code(predict_main, ["-i", str(scan), "-o", str(output), "--pretrained", "phantom-abdomen",
+                                     "-np", "1", "--no-progress", "--disable-tta"]) != 0
+    named = [line for line in capsys.readouterr().err.splitlines() if "constant image" in line]
+    assert len(named) == 1 and named[0].startswith("failed: flat: ") and str(scan / "flat_0000.nii.gz") in named[0], named
+    assert (output / "scan.json").is_file() and not (output / "flat.json").exists()
