@@ -75,7 +75,7 @@ LOSS_DEFAULTS: dict[str, Any] = {
     "cls": 2.0, "bbox": 5.0, "giou": 5.0, "seg": 2.0, "no_object_weight": 0.1,
     "matcher_cost": {"cls": 2.0, "l1": 5.0, "giou": 2.0},
     "drmm_beta": 0.5, "drmm_location_beta": 0.0,
-    "seg_supervision": "masks",
+    "seg_supervision": "masks", "seg_pairwise": 0.0,
 }
 
 #: Plan keys whose override changes a derived value (`Plans.with_overrides`).

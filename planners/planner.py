@@ -258,6 +258,7 @@ def plan_recipe(budget: dict, preset: str, box_annotations: bool, decisions: dic
         "cls": 2.0, "bbox": 5.0, "giou": 5.0, "seg": budget["seg_loss_weight"], "no_object_weight": 0.1,
         "matcher_cost": {"cls": 2.0, "l1": 5.0, "giou": 2.0},
         "drmm_beta": 0.5, "drmm_location_beta": 1.0, "seg_supervision": "boxes" if box_annotations else "masks",
+        "seg_pairwise": 1.0 if box_annotations else 0.0,
     }
     training = {
         **copy.deepcopy(TRAINING_DEFAULTS),
@@ -308,6 +309,11 @@ def plan_recipe(budget: dict, preset: str, box_annotations: bool, decisions: dic
             "mask-enhanced anchors read, so they move off the atlas as with masks; with the segmentation "
             "weight 0, as before, every query stayed on the atlas (box-only phantoms 0.152 mAP against 0.446 "
             "from masks, docs/benchmarks.md)"
+        )
+        decisions["loss.seg_pairwise"] = (
+            "1.0 (BoxInst's weight): neighbouring voxels of a box with alike intensities are pushed to the same "
+            "label, so the mask inside the box follows the organ's edges, which the projection does not see "
+            "(docs/benchmarks.md#box-only-training)"
         )
     return loss, training
 

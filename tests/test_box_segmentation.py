@@ -47,6 +47,28 @@ def test_a_mask_inside_the_box_lowers_the_loss_and_one_outside_raises_it():
     assert coarse["box"] < 0.05 < coarse["outside"]
 
 
+
+def test_the_pairwise_term_prefers_a_mask_that_follows_the_image_inside_the_box():
+    """BoxInst's pairwise term: inside a box holding a bright organ (a staircase touching every face) and
+    darker tissue, the mask of the organ costs less than a shifted staircase that cuts through both, although
+    the two have the same projections; without the image (or with weight 0) the term is absent."""
+    targets = box_targets([[4, 8, 2, 12, 20, 14]], [1])
+    organ = (np.s_[4:12, 8:14, 2:8], np.s_[4:12, 14:20, 8:14])
+    image = torch.full((1, 1) + INPUT, -1.0)
+    for region in organ:
+        image[(0, 0) + region] = 1.0
+    follows = mask_logits(*organ)
+    cuts = mask_logits(np.s_[4:12, 8:14, 2:11], np.s_[4:12, 14:20, 5:14])
+
+    def loss(logits: torch.Tensor, weight: float, images: torch.Tensor | None = image) -> float:
+        return float(multiscale_box_supervised_loss([logits], targets, INPUT, [[1, 1, 1]], images, weight)[0])
+
+    assert loss(follows, 0.0) == pytest.approx(loss(cuts, 0.0), abs=1e-3)  # the same projections
+    assert loss(follows, 1.0) == pytest.approx(loss(follows, 0.0), abs=1e-3)  # its edges are the image's
+    assert loss(cuts, 1.0) - loss(cuts, 0.0) > 0.1  # the cut through uniform tissue is what costs
+    assert loss(cuts, 1.0, None) == loss(cuts, 0.0)
+
+
 def test_overlapping_boxes_of_two_classes_are_both_learned_and_read_back_by_the_mask_anchors():
     """Free logits trained on the loss alone: the anchors' mask boxes of both classes land on their boxes,
     edges between voxel centres included, and the absent class stays unfound."""

@@ -14,11 +14,16 @@ not say which voxels inside are organ. Per segmentation level (the same levels a
   squared denominator; the profile is the share of each level voxel's block the box covers, so a box edge
   inside a coarse voxel is not rounded. The mean over the three axes and over every box of the batch.
 
-`L = CE_partial + L_proj` per level, summed over levels like the mask loss (CE + Dice). The projection is
-exactly what the mask-enhanced anchors read (`autodetr.model.anchors.mask_extent_boxes` takes a class's box
-from where the slice maximum of its probability crosses 0.5), so the anchors learn from the boxes directly.
-BoxInst's pairwise colour-affinity term, which shapes the mask inside the box, is left out: the detector
-needs the mask's extent, not its shape.
+- **Pairwise affinity loss** (BoxInst Eq. 3-4, in 3D, weight `loss.seg_pairwise`): two neighbouring voxels
+  of a box (along each axis) whose intensities are alike, `exp(-|I_i - I_j| / theta) >= tau` on the input
+  averaged to the level's grid (the largest difference over channels), likely hold the same tissue, so
+  `-log(p_i p_j + (1 - p_i)(1 - p_j))` of the box's class. It shapes the mask inside the box along the
+  organ's edges, where the projection says nothing.
+
+`L = CE_partial + L_proj + w_pair L_pair` per level, summed over levels like the mask loss (CE + Dice). The
+projection is exactly what the mask-enhanced anchors read (`autodetr.model.anchors.mask_extent_boxes` takes a
+class's box from where the slice maximum of its probability crosses 0.5), so the anchors learn from the
+boxes directly.
 """
 from __future__ import annotations
 
@@ -26,8 +31,16 @@ import math
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from autodetr.boxes_torch import centre_to_corners
+
+
+#: BoxInst's affinity: neighbours count as alike when exp(-|dI| / theta) >= tau. theta in units of the
+#: normalised input (z-scores of the foreground, e.g. about 150-250 HU for CT), so alike means within
+#: about 0.12 units (20-30 HU): organ and fat, bone or air differ by far more, most organs from each other too.
+AFFINITY_THETA = 0.1
+AFFINITY_TAU = 0.3
 
 
 def block_coverage(low: torch.Tensor, high: torch.Tensor, length: int, stride: float) -> torch.Tensor:
@@ -74,15 +87,45 @@ def projection_dice_loss(probability: torch.Tensor, profiles: Sequence[torch.Ten
     return torch.stack(losses).mean()
 
 
+def pairwise_affinity_loss(probability: torch.Tensor, image: torch.Tensor, inside: torch.Tensor,
+                           theta: float = AFFINITY_THETA, tau: float = AFFINITY_TAU) -> torch.Tensor:
+    """BoxInst's pairwise term in 3D: `probability` [G, d, h, w] (each box's class channel), `image` [G, C, d, h, w]
+    (the input on the level's grid), `inside` [G, d, h, w] the box; mean over the alike neighbour pairs inside
+    the box (along each axis) of `-log(p_i p_j + (1 - p_i)(1 - p_j))`; 0 when there is none."""
+    terms = []
+    for axis in range(3):
+        length = probability.shape[1 + axis]
+        if length < 2:
+            continue
+        first = [slice(None)] * 4
+        second = [slice(None)] * 4
+        first[1 + axis], second[1 + axis] = slice(0, length - 1), slice(1, length)
+        difference = (image[(slice(None), slice(None)) + tuple(first[1:])]
+                      - image[(slice(None), slice(None)) + tuple(second[1:])]).abs().amax(1)
+        alike = (torch.exp(-difference / theta) >= tau) & inside[tuple(first)] & inside[tuple(second)]
+        if not bool(alike.any()):
+            continue
+        p_i, p_j = probability[tuple(first)], probability[tuple(second)]
+        same = p_i * p_j + (1.0 - p_i) * (1.0 - p_j)
+        terms.append(-torch.log(same[alike].clamp_min(1e-6)))
+    if not terms:
+        return probability.new_zeros(())
+    return torch.cat(terms).mean()
+
+
 def box_supervised_level_loss(logits: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]],
-                              input_shape: Sequence[int], stride: Sequence[float]) -> torch.Tensor:
-    """`CE_partial + L_proj` of one level: `logits` [B, C + 1, d, h, w], `targets` per sample `labels` [G]
-    (1..C) and `boxes` [G, 6] normalised centre boxes of the input of shape `input_shape`."""
+                              input_shape: Sequence[int], stride: Sequence[float],
+                              images: torch.Tensor | None = None, pairwise_weight: float = 0.0) -> torch.Tensor:
+    """`CE_partial + L_proj (+ pairwise_weight * L_pair)` of one level: `logits` [B, C + 1, d, h, w], `targets`
+    per sample `labels` [G] (1..C) and `boxes` [G, 6] normalised centre boxes of the input of shape
+    `input_shape`; `images` [B, C_in, *input_shape] the network input (needed for the pairwise term)."""
     batch, channels, grid = logits.shape[0], logits.shape[1], tuple(logits.shape[2:])
     allowed = torch.zeros((batch, channels) + grid, dtype=torch.bool, device=logits.device)
     allowed[:, 0] = True
     probabilities = logits.float().softmax(1)
-    boxed, box_profiles = [], [[], [], []]
+    use_pairwise = pairwise_weight > 0 and images is not None
+    level_images = F.adaptive_avg_pool3d(images.float(), grid) if use_pairwise else None
+    boxed, box_profiles, box_images, box_inside = [], [[], [], []], [], []
     scale = torch.tensor(list(input_shape) * 2, dtype=torch.float32, device=logits.device)
     for sample, target in enumerate(targets):
         if not len(target["labels"]):
@@ -97,21 +140,27 @@ def box_supervised_level_loss(logits: torch.Tensor, targets: Sequence[dict[str, 
         boxed.append(probabilities[sample, labels])
         for axis in range(3):
             box_profiles[axis].append(profiles[axis])
+        if use_pairwise:
+            box_images.append(level_images[sample].expand(len(labels), *level_images.shape[1:]))
+            box_inside.append(inside)
     loss = partial_label_cross_entropy(logits, allowed)
     if boxed:
         loss = loss + projection_dice_loss(torch.cat(boxed), [torch.cat(p) for p in box_profiles])
+        if use_pairwise:
+            loss = loss + pairwise_weight * pairwise_affinity_loss(torch.cat(boxed), torch.cat(box_images), torch.cat(box_inside))
     return loss
 
 
 def multiscale_box_supervised_loss(seg_logits: Sequence[torch.Tensor], targets: Sequence[dict[str, torch.Tensor]],
-                                   input_shape: Sequence[int], strides: Sequence[Sequence[int]] | None = None
+                                   input_shape: Sequence[int], strides: Sequence[Sequence[int]] | None = None,
+                                   images: torch.Tensor | None = None, pairwise_weight: float = 0.0,
                                    ) -> tuple[torch.Tensor, list[float]]:
     """Sum over levels of `box_supervised_level_loss`; per-level strides default to ceil(input / grid)."""
     total = seg_logits[0].new_zeros((), dtype=torch.float32)
     per_level = []
     for index, logits in enumerate(seg_logits):
         stride = strides[index] if strides is not None else [math.ceil(n / m) for n, m in zip(input_shape, logits.shape[2:])]
-        level = box_supervised_level_loss(logits, targets, input_shape, [float(s) for s in stride])
+        level = box_supervised_level_loss(logits, targets, input_shape, [float(s) for s in stride], images, pairwise_weight)
         per_level.append(float(level.detach()))
         total = total + level
     return total, per_level

@@ -62,6 +62,7 @@ class SetCriterion(nn.Module):
         self.weight_giou = float(loss["giou"])
         self.weight_seg = float(loss["seg"])
         self.seg_supervision = str(loss["seg_supervision"])
+        self.seg_pairwise = float(loss["seg_pairwise"])
         if seg_strides is None and (isinstance(plans, Plans) or "network" in plans):
             from autodetr.model.fine_segmentation import segmentation_strides
 
@@ -94,6 +95,7 @@ class SetCriterion(nn.Module):
         outputs: dict[str, Any],
         targets: Sequence[dict[str, torch.Tensor]],
         seg_target: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         components: dict[str, float] = {}
         layers = [(str(k), aux) for k, aux in enumerate(outputs.get("aux_outputs", []))] + [("", outputs)]
@@ -108,6 +110,6 @@ class SetCriterion(nn.Module):
             if not suffix:
                 components["num_positive"] = float(num_positive)
         total = add_segmentation_term(total, components, outputs, seg_target, self.weight_seg, self.seg_strides,
-                                      targets, self.seg_supervision)
+                                      targets, self.seg_supervision, images, self.seg_pairwise)
         components["total"] = float(total.detach())
         return total, components

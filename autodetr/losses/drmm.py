@@ -261,14 +261,16 @@ class DRMMCriterion(nn.Module):
         self.drmm = DRMMLoss.from_plans(plans)
         self.weight_seg = float(Plans.of(plans).loss["seg"])
         self.seg_supervision = str(Plans.of(plans).loss["seg_supervision"])
+        self.seg_pairwise = float(Plans.of(plans).loss["seg_pairwise"])
         self.seg_strides = segmentation_strides(plans)
 
     def forward(
-        self, outputs: dict[str, Any], targets: Sequence[dict[str, torch.Tensor]], seg_target: torch.Tensor | None = None
+        self, outputs: dict[str, Any], targets: Sequence[dict[str, torch.Tensor]], seg_target: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         total, components = self.drmm(outputs["drmm"], targets)
         components = dict(components)
         total = add_segmentation_term(total, components, outputs, seg_target, self.weight_seg, self.seg_strides,
-                                      targets, self.seg_supervision)
+                                      targets, self.seg_supervision, images, self.seg_pairwise)
         components["total"] = float(total.detach())
         return total, components

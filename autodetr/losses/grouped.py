@@ -132,6 +132,7 @@ class GroupedSetCriterion(nn.Module):
         self.weight_giou = float(loss["giou"])
         self.weight_seg = float(loss["seg"])
         self.seg_supervision = str(loss["seg_supervision"])
+        self.seg_pairwise = float(loss["seg_pairwise"])
         self.seg_strides = segmentation_strides(plans) if isinstance(plans, Plans) or "network" in plans else None
 
     def layer_losses(self, output: dict[str, torch.Tensor], targets: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -153,7 +154,7 @@ class GroupedSetCriterion(nn.Module):
                 "num_positive": torch.tensor(float(query_index.numel()))}
 
     def forward(self, outputs: dict[str, Any], targets: Sequence[dict[str, torch.Tensor]],
-                seg_target: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                seg_target: torch.Tensor | None = None, images: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         components: dict[str, float] = {}
         layers = [(f"_{k}", aux) for k, aux in enumerate(outputs.get("aux_outputs", []))] + [("", outputs)]
         total = outputs["pred_objectness"].new_zeros((), dtype=torch.float32)
@@ -166,7 +167,7 @@ class GroupedSetCriterion(nn.Module):
                 components["iou"] = float(terms["iou"])
                 components["num_positive"] = float(terms["num_positive"])
         total = add_segmentation_term(total, components, outputs, seg_target, self.weight_seg, self.seg_strides,
-                                      targets, self.seg_supervision)
+                                      targets, self.seg_supervision, images, self.seg_pairwise)
         components["total"] = float(total.detach())
         return total, components
 

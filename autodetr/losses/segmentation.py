@@ -113,13 +113,14 @@ def multiscale_segmentation_loss(
 def add_segmentation_term(
     total: torch.Tensor, components: dict[str, float], outputs: dict, seg_target: torch.Tensor | None, weight: float,
     strides: Sequence[Sequence[int]] | None, targets: Sequence[dict[str, torch.Tensor]] | None = None,
-    supervision: str = "masks",
+    supervision: str = "masks", images: torch.Tensor | None = None, pairwise_weight: float = 0.0,
 ) -> torch.Tensor:
     """`total + weight * L_seg` of the model output's `seg_logits` (Eq. 8's last term), recording the unweighted
     value as `components["seg"]`; `total` unchanged when there is no target, no segmentation output or a zero
     weight. `strides` are used when there is one per level. `supervision` "masks": L_seg of the label map
     `seg_target`; "boxes": the box-supervised loss of the `targets` boxes
-    (`autodetr.losses.box_segmentation`), `seg_target` giving the input's shape."""
+    (`autodetr.losses.box_segmentation`), `seg_target` giving the input's shape, with BoxInst's pairwise term
+    weighted `pairwise_weight` on the network input `images`."""
     seg_logits = outputs.get("seg_logits") or []
     if seg_target is None or not len(seg_logits) or weight <= 0:
         return total
@@ -129,7 +130,8 @@ def add_segmentation_term(
 
         if targets is None:
             raise ValueError("box-supervised segmentation needs the batch's box targets")
-        loss, _ = multiscale_box_supervised_loss(seg_logits, targets, tuple(seg_target.shape[1:]), level_strides)
+        loss, _ = multiscale_box_supervised_loss(seg_logits, targets, tuple(seg_target.shape[1:]), level_strides,
+                                                 images, pairwise_weight)
     else:
         loss, _ = multiscale_segmentation_loss(seg_logits, seg_target.to(seg_logits[0].device).long(), level_strides)
     components["seg"] = float(loss.detach())

@@ -391,7 +391,7 @@ class Trainer:
         self.model.train()
         with self._autocast():
             outputs = self.model(images, valid_boxes=valid_boxes)
-        loss, components = self.criterion(outputs, targets, seg)
+        loss, components = self.criterion(outputs, targets, seg, images)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
