@@ -13,8 +13,8 @@ label maps:
 - `masks`: the label-map dataset (the segmentation loss of Organ-DETR on the masks);
 - `boxes`: the box-only dataset as planned (the segmentation head learns from the boxes,
   `autodetr.losses.box_segmentation`);
-- `boxes-no-pairwise`: the same without BoxInst's pairwise affinity term (`loss.seg_pairwise` 0: partial-label
-  cross-entropy and the projection loss only);
+- `boxes-pairwise`: the same with BoxInst's pairwise affinity term at its paper weight (`loss.seg_pairwise` 1;
+  the plan's default is 0);
 - `boxes-seg-off`: the box-only dataset with `loss.seg` 0, how box-only datasets trained before (every query
   stays on its atlas anchor).
 
@@ -40,7 +40,7 @@ MASK_ID, BOX_ID = 520, 521
 ROWS: dict[str, tuple[int, dict]] = {
     "masks": (MASK_ID, {}),
     "boxes": (BOX_ID, {}),
-    "boxes-no-pairwise": (BOX_ID, {"loss.seg_pairwise": 0.0}),
+    "boxes-pairwise": (BOX_ID, {"loss.seg_pairwise": 1.0}),
     "boxes-seg-off": (BOX_ID, {"loss.seg": 0.0}),
 }
 METRICS = ("mAP", "mAR", "AP50", "AP75")

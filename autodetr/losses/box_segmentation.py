@@ -18,7 +18,9 @@ not say which voxels inside are organ. Per segmentation level (the same levels a
   of a box (along each axis) whose intensities are alike, `exp(-|I_i - I_j| / theta) >= tau` on the input
   averaged to the level's grid (the largest difference over channels), likely hold the same tissue, so
   `-log(p_i p_j + (1 - p_i)(1 - p_j))` of the box's class. It shapes the mask inside the box along the
-  organ's edges, where the projection says nothing.
+  organ's edges, where the projection says nothing. Off by default (weight 0): at BoxInst's weight 1 it
+  lowered box-only phantoms from 0.414 to 0.329 mAP at 700 CPU steps (docs/benchmarks.md, box-only training);
+  BoxInst warms it up over 10k steps.
 
 `L = CE_partial + L_proj + w_pair L_pair` per level, summed over levels like the mask loss (CE + Dice). The
 projection is exactly what the mask-enhanced anchors read (`autodetr.model.anchors.mask_extent_boxes` takes a
