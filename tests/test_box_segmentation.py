@@ -47,7 +47,6 @@ def test_a_mask_inside_the_box_lowers_the_loss_and_one_outside_raises_it():
     assert coarse["box"] < 0.05 < coarse["outside"]
 
 
-
 def test_the_pairwise_term_prefers_a_mask_that_follows_the_image_inside_the_box():
     """BoxInst's pairwise term: inside a box holding a bright organ (a staircase touching every face) and
     darker tissue, the mask of the organ costs less than a shifted staircase that cuts through both, although

@@ -99,15 +99,13 @@ def pairwise_affinity_loss(probability: torch.Tensor, image: torch.Tensor, insid
         length = probability.shape[1 + axis]
         if length < 2:
             continue
-        first = [slice(None)] * 4
-        second = [slice(None)] * 4
-        first[1 + axis], second[1 + axis] = slice(0, length - 1), slice(1, length)
-        difference = (image[(slice(None), slice(None)) + tuple(first[1:])]
-                      - image[(slice(None), slice(None)) + tuple(second[1:])]).abs().amax(1)
-        alike = (torch.exp(-difference / theta) >= tau) & inside[tuple(first)] & inside[tuple(second)]
+        dim = 1 + axis  # of probability and inside; of image: dim + 1
+        difference = (image.narrow(dim + 1, 0, length - 1) - image.narrow(dim + 1, 1, length - 1)).abs().amax(1)
+        alike = ((torch.exp(-difference / theta) >= tau) & inside.narrow(dim, 0, length - 1)
+                 & inside.narrow(dim, 1, length - 1))
         if not bool(alike.any()):
             continue
-        p_i, p_j = probability[tuple(first)], probability[tuple(second)]
+        p_i, p_j = probability.narrow(dim, 0, length - 1), probability.narrow(dim, 1, length - 1)
         same = p_i * p_j + (1.0 - p_i) * (1.0 - p_j)
         terms.append(-torch.log(same[alike].clamp_min(1e-6)))
     if not terms:

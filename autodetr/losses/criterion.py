@@ -24,7 +24,7 @@ from autodetr.plans import Plans
 from autodetr.boxes_torch import centre_to_corners, elementwise_generalized_box_iou
 
 from .matchers import HungarianMatcher, Match, build_matcher
-from .segmentation import add_segmentation_term
+from .segmentation import SegmentationTerm
 
 
 def make_targets(
@@ -60,14 +60,11 @@ class SetCriterion(nn.Module):
         self.weight_cls = float(loss["cls"])
         self.weight_l1 = float(loss["bbox"])
         self.weight_giou = float(loss["giou"])
-        self.weight_seg = float(loss["seg"])
-        self.seg_supervision = str(loss["seg_supervision"])
-        self.seg_pairwise = float(loss["seg_pairwise"])
         if seg_strides is None and (isinstance(plans, Plans) or "network" in plans):
             from autodetr.model.fine_segmentation import segmentation_strides
 
             seg_strides = segmentation_strides(plans)
-        self.seg_strides = seg_strides
+        self.segmentation = SegmentationTerm.from_plans(plans, seg_strides)
         class_weight = torch.ones(self.num_classes + 1)
         class_weight[0] = float(loss["no_object_weight"])
         self.register_buffer("class_weight", class_weight)
@@ -109,7 +106,6 @@ class SetCriterion(nn.Module):
             components[f"giou{tag}"] = float(loss_giou.detach())
             if not suffix:
                 components["num_positive"] = float(num_positive)
-        total = add_segmentation_term(total, components, outputs, seg_target, self.weight_seg, self.seg_strides,
-                                      targets, self.seg_supervision, images, self.seg_pairwise)
+        total = self.segmentation.add(total, components, outputs, seg_target, targets, images)
         components["total"] = float(total.detach())
         return total, components

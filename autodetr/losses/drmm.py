@@ -53,7 +53,7 @@ from torch import nn
 from autodetr.model.drmm_head import log_mixing_weights
 from autodetr.plans import Plans
 
-from .segmentation import add_segmentation_term
+from .segmentation import SegmentationTerm
 
 __all__ = ["DRMMLoss", "balance_location_gradient", "cauchy_log_density", "drmm_gt_terms"]
 
@@ -259,10 +259,7 @@ class DRMMCriterion(nn.Module):
         from autodetr.model.fine_segmentation import segmentation_strides
 
         self.drmm = DRMMLoss.from_plans(plans)
-        self.weight_seg = float(Plans.of(plans).loss["seg"])
-        self.seg_supervision = str(Plans.of(plans).loss["seg_supervision"])
-        self.seg_pairwise = float(Plans.of(plans).loss["seg_pairwise"])
-        self.seg_strides = segmentation_strides(plans)
+        self.segmentation = SegmentationTerm.from_plans(plans, segmentation_strides(plans))
 
     def forward(
         self, outputs: dict[str, Any], targets: Sequence[dict[str, torch.Tensor]], seg_target: torch.Tensor | None = None,
@@ -270,7 +267,6 @@ class DRMMCriterion(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         total, components = self.drmm(outputs["drmm"], targets)
         components = dict(components)
-        total = add_segmentation_term(total, components, outputs, seg_target, self.weight_seg, self.seg_strides,
-                                      targets, self.seg_supervision, images, self.seg_pairwise)
+        total = self.segmentation.add(total, components, outputs, seg_target, targets, images)
         components["total"] = float(total.detach())
         return total, components

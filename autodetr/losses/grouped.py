@@ -28,7 +28,7 @@ from autodetr.boxes_torch import centre_to_corners, elementwise_box_iou, element
 from autodetr.plans import Plans
 
 from .matchers import HungarianMatcher, Match, assign_with_copies, dqm_duplicates
-from .segmentation import add_segmentation_term
+from .segmentation import SegmentationTerm
 
 #: Exponent of the Quality Focal Loss modulating factor (GFL's default).
 QFL_BETA = 2.0
@@ -130,10 +130,8 @@ class GroupedSetCriterion(nn.Module):
         self.weight_cls = float(loss["cls"])
         self.weight_l1 = float(loss["bbox"])
         self.weight_giou = float(loss["giou"])
-        self.weight_seg = float(loss["seg"])
-        self.seg_supervision = str(loss["seg_supervision"])
-        self.seg_pairwise = float(loss["seg_pairwise"])
-        self.seg_strides = segmentation_strides(plans) if isinstance(plans, Plans) or "network" in plans else None
+        self.segmentation = SegmentationTerm.from_plans(
+            plans, segmentation_strides(plans) if isinstance(plans, Plans) or "network" in plans else None)
 
     def layer_losses(self, output: dict[str, torch.Tensor], targets: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         logits, boxes = output["pred_objectness"].float(), output["pred_boxes"].float()
@@ -166,8 +164,7 @@ class GroupedSetCriterion(nn.Module):
             if not tag:
                 components["iou"] = float(terms["iou"])
                 components["num_positive"] = float(terms["num_positive"])
-        total = add_segmentation_term(total, components, outputs, seg_target, self.weight_seg, self.seg_strides,
-                                      targets, self.seg_supervision, images, self.seg_pairwise)
+        total = self.segmentation.add(total, components, outputs, seg_target, targets, images)
         components["total"] = float(total.detach())
         return total, components
 

@@ -15,10 +15,13 @@ level target only (absent classes are left to CE, which keeps an empty target fi
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from autodetr.plans import Plans
 
 
 def priority_map(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,3 +139,26 @@ def add_segmentation_term(
         loss, _ = multiscale_segmentation_loss(seg_logits, seg_target.to(seg_logits[0].device).long(), level_strides)
     components["seg"] = float(loss.detach())
     return total + weight * loss
+
+
+@dataclass(frozen=True)
+class SegmentationTerm:
+    """The `lambda_seg * L_seg` term of Eq. 8 as a plan sets it, shared by every criterion: its weight
+    (`loss.seg`), per-level strides, what it learns from (`loss.seg_supervision`) and the weight of the
+    box supervision's pairwise term (`loss.seg_pairwise`)."""
+
+    weight: float
+    strides: Sequence[Sequence[int]] | None
+    supervision: str = "masks"
+    pairwise_weight: float = 0.0
+
+    @classmethod
+    def from_plans(cls, plans: Any, strides: Sequence[Sequence[int]] | None) -> "SegmentationTerm":
+        loss = Plans.of(plans).loss
+        return cls(float(loss["seg"]), strides, str(loss["seg_supervision"]), float(loss["seg_pairwise"]))
+
+    def add(self, total: torch.Tensor, components: dict[str, float], outputs: dict, seg_target: torch.Tensor | None,
+            targets: Sequence[dict[str, torch.Tensor]], images: torch.Tensor | None = None) -> torch.Tensor:
+        """`add_segmentation_term` with this term's settings."""
+        return add_segmentation_term(total, components, outputs, seg_target, self.weight, self.strides, targets,
+                                     self.supervision, images, self.pairwise_weight)
