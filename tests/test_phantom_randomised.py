@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 
 from autodetr.boxes import boxes_from_label_map
-from autodetr.phantom.anatomy import CLASS_NAMES
+from autodetr.phantom.anatomy import CLASS_NAMES, sample_anatomy
+from autodetr.phantom.shapes import extent
+from autodetr.phantom.spine import LUMBAR
+from autodetr.phantom.variation import vary_anatomy
 from autodetr.phantom.generator import generate_case
 from autodetr.phantom.randomised import PHASE_HU, TISSUE_JITTER_HU
 
@@ -56,18 +59,48 @@ def test_randomised_scans_start_and_end_anywhere_with_exact_cut_labels(randomise
     assert any(len(case.placed_boxes) < len(CLASS_NAMES) - 1 for case in randomised_cases)  # partial ranges
 
 
-def test_randomised_appearance_keeps_the_anatomy_and_partial_ranges_hold_their_organs() -> None:
+def test_randomised_appearance_keeps_the_skeleton_and_partial_ranges_hold_their_organs() -> None:
     realistic = generate_case(3, seed=5, size="small")
     randomised = generate_case(3, seed=5, size="small", appearance="randomised", field_of_view="standard")
     assert randomised.info["appearance"] == "randomised" and realistic.info["appearance"] == "realistic"
-    # same anatomy and scan range: the labels agree inside the randomised scan's (possibly smaller) window
+    # same patient and scan range: the spine and the great vessels (drawn before any varied organ) agree
+    # inside the randomised scan's (possibly smaller) window; the varied organs moved
     dy = int(round((randomised.origin[1] - realistic.origin[1]) / realistic.spacing[1]))
     dx = int(round((randomised.origin[2] - realistic.origin[2]) / realistic.spacing[2]))
     window = realistic.label[:, dy:dy + randomised.label.shape[1], dx:dx + randomised.label.shape[2]]
-    np.testing.assert_array_equal(window, randomised.label)
+    kept = [CLASS_NAMES.index(name) + 1 for name in ("aorta", "inferior_vena_cava", *LUMBAR)]
+    np.testing.assert_array_equal(np.isin(window, kept) * window, np.isin(randomised.label, kept) * randomised.label)
+    assert not np.array_equal(window, randomised.label)
     assert not np.array_equal(realistic.image[:, dy:dy + randomised.label.shape[1], dx:dx + randomised.label.shape[2]],
                               randomised.image)
     exact_boxes(randomised)
     upper = generate_case(3, seed=5, size="full", appearance="randomised", field_of_view="upper_abdomen")
     assert "liver" in upper.placed_boxes and "urinary_bladder" not in upper.placed_boxes
     exact_boxes(upper)
+
+
+def _organ_extents(anatomy) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {s.name: extent(s.shape, s.deformation) for s in anatomy.structures
+            if s.name in ("liver", "spleen", "stomach", "kidney_right")}
+
+
+def test_anatomical_variety_lowers_organs_as_real_patients_and_keeps_the_diaphragm() -> None:
+    """Randomised patients: the liver, spleen and stomach reach below L1 in many (in the realistic anatomy
+    they end near it), organs grow down from their top, and the draw is deterministic per stream."""
+    below_l1 = {"liver": 0, "spleen": 0, "stomach": 0}
+    kidney_shifts = []
+    for index in range(12):
+        plain = sample_anatomy(np.random.default_rng(index))
+        varied = sample_anatomy(np.random.default_rng(index))
+        drawn = vary_anatomy(varied, np.random.default_rng(100 + index))
+        assert drawn == vary_anatomy(sample_anatomy(np.random.default_rng(index)), np.random.default_rng(100 + index))
+        before, after = _organ_extents(plain), _organ_extents(varied)
+        l1_bottom = plain.landmarks["L1"] - 15.0
+        for name in below_l1:
+            assert after[name][1][0] == pytest.approx(before[name][1][0], abs=6.0)  # the top stays (diaphragm)
+            below_l1[name] += after[name][0][0] < l1_bottom - 10
+        assert after["liver"][0][0] <= before["liver"][0][0] + 9.0  # the liver only grows downward
+        kidney_shifts.append(after["kidney_right"][0][0] - before["kidney_right"][0][0])
+        assert after["kidney_right"][0][0] == pytest.approx(before["kidney_right"][0][0] + drawn["kidney_right_shift_mm"], abs=3.5)
+    assert all(count >= 4 for count in below_l1.values()), below_l1
+    assert min(kidney_shifts) < -10 and max(kidney_shifts) > 0  # kidneys sit lower or higher

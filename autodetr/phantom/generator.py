@@ -25,11 +25,15 @@ from autodetr.phantom.randomised import (APPEARANCES, FIELDS_OF_VIEW, add_scanne
                                          randomise_appearance, sample_field_of_view)
 from autodetr.phantom.scanner import add_blurred_noise
 from autodetr.phantom.shapes import Grid, evaluate
+from autodetr.phantom.variation import vary_anatomy
 
 TEST_INDEX_OFFSET = 1_000_000
 """Held-out cases use generator indices from here on, so they never depend on --num-cases."""
 FILE_ENDING = ".nii.gz"
-GENERATOR_VERSION = 1
+GENERATOR_VERSIONS = {"realistic": 1, "randomised": 2}
+"""Version of what the generator writes per appearance (dataset.json `phantom.generator_version`); a dataset
+folder of another version is refused rather than completed with cases that differ. Randomised 2: anatomical
+variety (`autodetr.phantom.variation`)."""
 
 
 @dataclass
@@ -60,8 +64,8 @@ def _streams(seed: int, index: int) -> dict[str, np.random.Generator]:
     """Independent generators per (seed, case index); anatomy and field of view do not depend on size."""
     if seed < 0 or index < 0:
         raise InputError(f"seed and case index must be >= 0, got seed={seed}, index={index}")
-    children = np.random.SeedSequence(entropy=seed, spawn_key=(index,)).spawn(6)
-    names = ("anatomy", "fov", "noise", "grid_small", "grid_full", "appearance")
+    children = np.random.SeedSequence(entropy=seed, spawn_key=(index,)).spawn(7)
+    names = ("anatomy", "fov", "noise", "grid_small", "grid_full", "appearance", "variation")
     return {name: np.random.default_rng(child) for name, child in zip(names, children)}
 
 
@@ -98,7 +102,10 @@ def generate_case(index: int, seed: int = 0, size: str = "small", appearance: st
     _check_style(size, appearance, field_of_view)
     streams = _streams(seed, index)
     anatomy = sample_anatomy(streams["anatomy"])
-    style = randomise_appearance(anatomy, streams["appearance"]) if appearance == "randomised" else {}
+    style = {}
+    if appearance == "randomised":
+        style = {"variation": vary_anatomy(anatomy, streams["variation"]),
+                 **randomise_appearance(anatomy, streams["appearance"])}
     fov = sample_field_of_view(streams["fov"], anatomy, field_of_view)
     grid = sample_grid(streams[f"grid_{size}"], fov, size)
     noise = streams["noise"]
@@ -188,7 +195,7 @@ def dataset_json(num_training: int, num_test: int, seed: int, size: str, appeara
         "tensorImageSize": "3D",
         "numTest": num_test,
         "phantom": {"seed": seed, "size": size, "appearance": appearance, "field_of_view": field_of_view,
-                    "generator_version": GENERATOR_VERSION},
+                    "generator_version": GENERATOR_VERSIONS[appearance]},
     }
 
 
@@ -238,7 +245,8 @@ def _check_dataset_folder(raw_root: Path, folder: Path, dataset_id: int, overwri
     json_path = folder / "dataset.json"
     if json_path.is_file() and not overwrite:
         previous = read_json(json_path).get("phantom", {})
-        found = {"appearance": "realistic", "field_of_view": "standard", **previous}  # written before either existed
+        found = {"appearance": "realistic", "field_of_view": "standard", "generator_version": 1,
+                 **previous}  # written before any of them existed
         if any(found.get(key) != value for key, value in wanted.items()):
             described = lambda values: ", ".join(f"{key} {values.get(key)}" for key in wanted)  # noqa: E731
             raise InputError(f"{folder} was generated with {described(found)}; use --overwrite to regenerate it with "
@@ -309,7 +317,8 @@ def make_phantom_dataset(raw_root: str | os.PathLike, dataset_id: int = 500, num
     _check_arguments(dataset_id, num_cases, num_test_cases, size, seed, num_processes)
     raw_root = Path(raw_root)
     folder = raw_root / f"Dataset{dataset_id:03d}_Phantom"
-    wanted = {"seed": seed, "size": size, "appearance": appearance, "field_of_view": field_of_view}
+    wanted = {"seed": seed, "size": size, "appearance": appearance, "field_of_view": field_of_view,
+              "generator_version": GENERATOR_VERSIONS[appearance]}
     _check_dataset_folder(raw_root, folder, dataset_id, overwrite, wanted)
     json_path = folder / "dataset.json"
     tasks = _planned_tasks(folder, num_cases, num_test_cases, size, seed, overwrite, appearance, field_of_view)

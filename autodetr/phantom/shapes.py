@@ -343,3 +343,27 @@ def extent(shape: Shape, deformation: SmoothDeformation | None = None, step: flo
         axis_values = grid.axis(axis, region[axis].start, region[axis].stop)
         corners.append((axis_values[occupied[0]] - step / 2, axis_values[occupied[-1]] + step / 2))
     return np.array([c[0] for c in corners]), np.array([c[1] for c in corners])
+
+
+@dataclass
+class Stretched(Shape):
+    """`inner` scaled per axis by `factors` about `anchor`, then moved by `shift` (all (z, y, x), mm): a point p
+    is inside when `anchor + (p - shift - anchor) / factors` is inside `inner`. Linear per axis, so the
+    coordinates stay separable. Used to vary an organ's size and height (`autodetr.phantom.variation`)."""
+
+    inner: Shape
+    anchor: np.ndarray
+    factors: np.ndarray
+    shift: np.ndarray = field(default_factory=lambda: np.zeros(3))
+
+    def _outward(self, point: np.ndarray) -> np.ndarray:
+        return self.anchor + (np.asarray(point, dtype=np.float64) - self.anchor) * self.factors + self.shift
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        low, high = self.inner.bounds()
+        return self._outward(low), self._outward(high)
+
+    def level(self, z: Separable, y: Separable, x: Separable) -> np.ndarray:
+        coords = [(c - float(self.shift[i] + self.anchor[i])) * (1.0 / float(self.factors[i])) + float(self.anchor[i])
+                  for i, c in enumerate((z, y, x))]
+        return self.inner.level(*coords)
