@@ -104,3 +104,25 @@ def test_anatomical_variety_lowers_organs_as_real_patients_and_keeps_the_diaphra
         assert after["kidney_right"][0][0] == pytest.approx(before["kidney_right"][0][0] + drawn["kidney_right_shift_mm"], abs=3.5)
     assert all(count >= 4 for count in below_l1.values()), below_l1
     assert min(kidney_shifts) < -10 and max(kidney_shifts) > 0  # kidneys sit lower or higher
+
+
+def test_a_randomised_dataset_of_the_earlier_generator_is_not_completed_with_new_cases(tmp_path) -> None:
+    """Randomised phantoms changed with the anatomical variety (generator version 2): resuming a folder written
+    by version 1 would mix the two, so it is refused; a realistic folder of version 1 is still completed."""
+    import json
+
+    from autodetr.errors import InputError
+    from autodetr.phantom.generator import make_phantom_dataset
+
+    folder = tmp_path / "Dataset530_Phantom"
+    folder.mkdir()
+    (folder / "dataset.json").write_text(json.dumps({"phantom": {"seed": 0, "size": "small", "appearance": "randomised",
+                                                                 "field_of_view": "random", "generator_version": 1}}))
+    with pytest.raises(InputError, match="generator_version 1.*--overwrite"):
+        make_phantom_dataset(tmp_path, dataset_id=530, num_cases=1, num_test_cases=0, size="small",
+                             appearance="randomised")
+    assert not (folder / "imagesTr").exists() or not any((folder / "imagesTr").iterdir())
+    (folder / "dataset.json").write_text(json.dumps({"phantom": {"seed": 0, "size": "small", "appearance": "realistic",
+                                                                 "field_of_view": "standard", "generator_version": 1}}))
+    make_phantom_dataset(tmp_path, dataset_id=530, num_cases=1, num_test_cases=0, size="small")
+    assert (folder / "imagesTr" / "phantom_000_0000.nii.gz").is_file()

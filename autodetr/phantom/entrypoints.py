@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "vessels); 'randomised': domain-randomised scans for models meant for real CT: contrast "
                               "phase (native, arterial, portal-venous, delayed), tissue values well beyond the "
                               "realistic ranges, liver vessels, cysts and lesions, gallstones, a calcified aorta, oral "
-                              "contrast, noise 5-45 HU, blur, slice thickness, intensity bias and streaks (the same "
-                              "anatomy as realistic)"))
+                              "contrast, noise 5-45 HU, blur, slice thickness, intensity bias and streaks, and organ sizes "
+                              "and heights as varied as between patients (liver, spleen, stomach, kidneys; the spine and "
+                              "great vessels as realistic)"))
     parser.add_argument("--field-of-view", choices=FIELDS_OF_VIEW, default=None,
                         help=("scan range: 'standard' (liver dome to bladder or iliac crest; the default for "
                               "realistic), 'random' (starts and ends anywhere from the lower chest to the pelvis, "

@@ -96,8 +96,9 @@ def generate_case(index: int, seed: int = 0, size: str = "small", appearance: st
     """Generate case `index` of the phantom with `seed`; deterministic, independent of other cases.
 
     `appearance` "randomised" draws the contrast phase, tissue values, textures and scanner effects far
-    wider than a real scan's (`autodetr.phantom.randomised`); the anatomy (and so the labels, for the
-    same field of view) is the realistic case's. `field_of_view`: FIELDS_OF_VIEW, default per appearance."""
+    wider than a real scan's (`autodetr.phantom.randomised`) and varies the organs' sizes and heights
+    (`autodetr.phantom.variation`); the patient (spine, vessels, body) is the realistic case's.
+    `field_of_view`: FIELDS_OF_VIEW, default per appearance."""
     field_of_view = field_of_view or default_field_of_view(appearance)
     _check_style(size, appearance, field_of_view)
     streams = _streams(seed, index)
