@@ -59,18 +59,15 @@ def test_randomised_scans_start_and_end_anywhere_with_exact_cut_labels(randomise
     assert any(len(case.placed_boxes) < len(CLASS_NAMES) - 1 for case in randomised_cases)  # partial ranges
 
 
-def test_randomised_appearance_keeps_the_skeleton_and_partial_ranges_hold_their_organs() -> None:
+def test_randomised_appearance_keeps_the_anatomy_and_partial_ranges_hold_their_organs() -> None:
     realistic = generate_case(3, seed=5, size="small")
     randomised = generate_case(3, seed=5, size="small", appearance="randomised", field_of_view="standard")
     assert randomised.info["appearance"] == "randomised" and realistic.info["appearance"] == "realistic"
-    # same patient and scan range: the spine and the great vessels (drawn before any varied organ) agree
-    # inside the randomised scan's (possibly smaller) window; the varied organs moved
+    # same anatomy and scan range: the labels agree inside the randomised scan's (possibly smaller) window
     dy = int(round((randomised.origin[1] - realistic.origin[1]) / realistic.spacing[1]))
     dx = int(round((randomised.origin[2] - realistic.origin[2]) / realistic.spacing[2]))
     window = realistic.label[:, dy:dy + randomised.label.shape[1], dx:dx + randomised.label.shape[2]]
-    kept = [CLASS_NAMES.index(name) + 1 for name in ("aorta", "inferior_vena_cava", *LUMBAR)]
-    np.testing.assert_array_equal(np.isin(window, kept) * window, np.isin(randomised.label, kept) * randomised.label)
-    assert not np.array_equal(window, randomised.label)
+    np.testing.assert_array_equal(window, randomised.label)
     assert not np.array_equal(realistic.image[:, dy:dy + randomised.label.shape[1], dx:dx + randomised.label.shape[2]],
                               randomised.image)
     exact_boxes(randomised)
@@ -106,23 +103,31 @@ def test_anatomical_variety_lowers_organs_as_real_patients_and_keeps_the_diaphra
     assert min(kidney_shifts) < -10 and max(kidney_shifts) > 0  # kidneys sit lower or higher
 
 
-def test_a_randomised_dataset_of_the_earlier_generator_is_not_completed_with_new_cases(tmp_path) -> None:
-    """Randomised phantoms changed with the anatomical variety (generator version 2): resuming a folder written
-    by version 1 would mix the two, so it is refused; a realistic folder of version 1 is still completed."""
+def test_varied_anatomy_is_opt_in_recorded_and_never_mixed_into_a_standard_folder(tmp_path) -> None:
+    """`--anatomy varied` changes the organs but not the spine; the dataset records it, and resuming a folder
+    written without it (dataset.json from before the option) with it is refused rather than mixed."""
     import json
 
     from autodetr.errors import InputError
     from autodetr.phantom.generator import make_phantom_dataset
 
+    standard = generate_case(2, seed=3, size="small", appearance="randomised", field_of_view="standard")
+    varied = generate_case(2, seed=3, size="small", appearance="randomised", field_of_view="standard", anatomy="varied")
+    assert standard.image.shape == varied.image.shape and varied.info["anatomy"] == "varied"
+    kept = [CLASS_NAMES.index(name) + 1 for name in ("aorta", *LUMBAR)]
+    np.testing.assert_array_equal(np.isin(standard.label, kept) * standard.label, np.isin(varied.label, kept) * varied.label)
+    assert not np.array_equal(standard.label == LIVER, varied.label == LIVER)
+    exact_boxes(varied)
+    with pytest.raises(InputError, match="anatomy must be one of"):
+        generate_case(0, anatomy="lobulated")
+
     folder = tmp_path / "Dataset530_Phantom"
     folder.mkdir()
     (folder / "dataset.json").write_text(json.dumps({"phantom": {"seed": 0, "size": "small", "appearance": "randomised",
-                                                                 "field_of_view": "random", "generator_version": 1}}))
-    with pytest.raises(InputError, match="generator_version 1.*--overwrite"):
+                                                                 "field_of_view": "random"}}))
+    with pytest.raises(InputError, match="anatomy standard.*--overwrite.*anatomy varied"):
         make_phantom_dataset(tmp_path, dataset_id=530, num_cases=1, num_test_cases=0, size="small",
-                             appearance="randomised")
+                             appearance="randomised", anatomy="varied")
     assert not (folder / "imagesTr").exists() or not any((folder / "imagesTr").iterdir())
-    (folder / "dataset.json").write_text(json.dumps({"phantom": {"seed": 0, "size": "small", "appearance": "realistic",
-                                                                 "field_of_view": "standard", "generator_version": 1}}))
-    make_phantom_dataset(tmp_path, dataset_id=530, num_cases=1, num_test_cases=0, size="small")
-    assert (folder / "imagesTr" / "phantom_000_0000.nii.gz").is_file()
+    make_phantom_dataset(tmp_path, dataset_id=530, num_cases=1, num_test_cases=0, size="small", appearance="randomised")
+    assert json.loads((folder / "dataset.json").read_text())["phantom"]["anatomy"] == "standard"

@@ -30,10 +30,10 @@ from autodetr.phantom.variation import vary_anatomy
 TEST_INDEX_OFFSET = 1_000_000
 """Held-out cases use generator indices from here on, so they never depend on --num-cases."""
 FILE_ENDING = ".nii.gz"
-GENERATOR_VERSIONS = {"realistic": 1, "randomised": 2}
-"""Version of what the generator writes per appearance (dataset.json `phantom.generator_version`); a dataset
-folder of another version is refused rather than completed with cases that differ. Randomised 2: anatomical
-variety (`autodetr.phantom.variation`)."""
+GENERATOR_VERSION = 1
+ANATOMIES = ("standard", "varied")
+"""standard: the phantom's patients as drawn (the default); varied: organ sizes and heights redrawn as wide as
+between real patients (`autodetr.phantom.variation`)."""
 
 
 @dataclass
@@ -75,11 +75,13 @@ def default_field_of_view(appearance: str) -> str:
     return "random" if appearance == "randomised" else "standard"
 
 
-def _check_style(size: str, appearance: str, field_of_view: str) -> None:
+def _check_style(size: str, appearance: str, field_of_view: str, anatomy: str = "standard") -> None:
     if size not in SIZES:
         raise InputError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
     if appearance not in APPEARANCES:
         raise InputError(f"appearance must be one of {', '.join(APPEARANCES)}, got {appearance!r}")
+    if anatomy not in ANATOMIES:
+        raise InputError(f"anatomy must be one of {', '.join(ANATOMIES)}, got {anatomy!r}")
     if field_of_view not in FIELDS_OF_VIEW:
         raise InputError(f"field of view must be one of {', '.join(FIELDS_OF_VIEW)}, got {field_of_view!r}")
 
@@ -92,31 +94,31 @@ def case_grid(index: int, seed: int = 0, size: str = "small", field_of_view: str
 
 
 def generate_case(index: int, seed: int = 0, size: str = "small", appearance: str = "realistic",
-                  field_of_view: str | None = None) -> PhantomCase:
+                  field_of_view: str | None = None, anatomy: str = "standard") -> PhantomCase:
     """Generate case `index` of the phantom with `seed`; deterministic, independent of other cases.
 
     `appearance` "randomised" draws the contrast phase, tissue values, textures and scanner effects far
-    wider than a real scan's (`autodetr.phantom.randomised`) and varies the organs' sizes and heights
-    (`autodetr.phantom.variation`); the patient (spine, vessels, body) is the realistic case's.
+    wider than a real scan's (`autodetr.phantom.randomised`); the anatomy (and so the labels, for the
+    same field of view) is the realistic case's. `anatomy` "varied" redraws the sizes and heights of liver,
+    spleen, stomach and kidneys (`autodetr.phantom.variation`; spine, vessels and body stay).
     `field_of_view`: FIELDS_OF_VIEW, default per appearance."""
     field_of_view = field_of_view or default_field_of_view(appearance)
-    _check_style(size, appearance, field_of_view)
+    _check_style(size, appearance, field_of_view, anatomy)
     streams = _streams(seed, index)
-    anatomy = sample_anatomy(streams["anatomy"])
-    style = {}
+    patient = sample_anatomy(streams["anatomy"])
+    style = {"variation": vary_anatomy(patient, streams["variation"])} if anatomy == "varied" else {}
     if appearance == "randomised":
-        style = {"variation": vary_anatomy(anatomy, streams["variation"]),
-                 **randomise_appearance(anatomy, streams["appearance"])}
-    fov = sample_field_of_view(streams["fov"], anatomy, field_of_view)
+        style.update(randomise_appearance(patient, streams["appearance"]))
+    fov = sample_field_of_view(streams["fov"], patient, field_of_view)
     grid = sample_grid(streams[f"grid_{size}"], fov, size)
     noise = streams["noise"]
 
     hu = np.empty(grid.shape, dtype=np.float32)
     zone = np.empty(grid.shape, dtype=np.uint8)
     label = np.zeros(grid.shape, dtype=np.uint8)
-    rasterise_body(anatomy.outline, grid, hu, zone)
+    rasterise_body(patient.outline, grid, hu, zone)
     boxes: dict[str, tuple[int, ...]] = {}
-    for structure in anatomy.structures:
+    for structure in patient.structures:
         found = evaluate(structure.shape, grid, structure.deformation)
         if found is None:
             continue
@@ -150,8 +152,8 @@ def generate_case(index: int, seed: int = 0, size: str = "small", appearance: st
         origin = (origin[0], origin[1] + y0 * grid.spacing[1], origin[2] + x0 * grid.spacing[2])
         found, values = boxes_from_label_map(label)
         placed = {CLASS_NAMES[int(v) - 1]: tuple(int(c) for c in box) for box, v in zip(found, values)}
-    info = {**anatomy.info, **style, "protocol": fov.protocol, "index": index, "seed": seed, "size": size,
-            "appearance": appearance}
+    info = {**patient.info, **style, "protocol": fov.protocol, "index": index, "seed": seed, "size": size,
+            "appearance": appearance, "anatomy": anatomy}
     return PhantomCase(image, label, tuple(float(s) for s in grid.spacing), tuple(float(o) for o in origin), placed, info)
 
 
@@ -181,7 +183,7 @@ def write_case(case: PhantomCase, image_path: str | os.PathLike, label_path: str
 
 
 def dataset_json(num_training: int, num_test: int, seed: int, size: str, appearance: str = "realistic",
-                 field_of_view: str = "standard") -> dict:
+                 field_of_view: str = "standard", anatomy: str = "standard") -> dict:
     """The nnU-Net v2 dataset.json of the phantom."""
     return {
         "channel_names": {"0": "CT"},
@@ -196,7 +198,8 @@ def dataset_json(num_training: int, num_test: int, seed: int, size: str, appeara
         "tensorImageSize": "3D",
         "numTest": num_test,
         "phantom": {"seed": seed, "size": size, "appearance": appearance, "field_of_view": field_of_view,
-                    "generator_version": GENERATOR_VERSIONS[appearance]},
+                    "anatomy": anatomy,
+                    "generator_version": GENERATOR_VERSION},
     }
 
 
@@ -209,11 +212,12 @@ class _Task:
     label_path: Path
     appearance: str = "realistic"
     field_of_view: str = "standard"
+    anatomy: str = "standard"
 
 
 def _run_task(task: _Task) -> str:
-    write_case(generate_case(task.index, task.seed, task.size, task.appearance, task.field_of_view), task.image_path,
-               task.label_path)
+    write_case(generate_case(task.index, task.seed, task.size, task.appearance, task.field_of_view, task.anatomy),
+               task.image_path, task.label_path)
     return task.image_path.name
 
 
@@ -246,7 +250,7 @@ def _check_dataset_folder(raw_root: Path, folder: Path, dataset_id: int, overwri
     json_path = folder / "dataset.json"
     if json_path.is_file() and not overwrite:
         previous = read_json(json_path).get("phantom", {})
-        found = {"appearance": "realistic", "field_of_view": "standard", "generator_version": 1,
+        found = {"appearance": "realistic", "field_of_view": "standard", "anatomy": "standard",
                  **previous}  # written before any of them existed
         if any(found.get(key) != value for key, value in wanted.items()):
             described = lambda values: ", ".join(f"{key} {values.get(key)}" for key in wanted)  # noqa: E731
@@ -269,7 +273,7 @@ def _clean_split_folder(sub: Path, expected: set[str], overwrite: bool) -> None:
 
 
 def _planned_tasks(folder: Path, num_cases: int, num_test_cases: int, size: str, seed: int, overwrite: bool,
-                   appearance: str, field_of_view: str) -> list[_Task]:
+                   appearance: str, field_of_view: str, anatomy: str = "standard") -> list[_Task]:
     """The cases still to write (all with `overwrite`), after preparing imagesTr/labelsTr and imagesTs/labelsTs."""
     planned: dict[str, list[tuple[int, str]]] = {
         "Tr": list(enumerate(_case_ids("phantom", num_cases))),
@@ -284,7 +288,7 @@ def _planned_tasks(folder: Path, num_cases: int, num_test_cases: int, size: str,
         for index, case in cases:
             image_path, label_path = images / f"{case}_0000{FILE_ENDING}", labels / f"{case}{FILE_ENDING}"
             if overwrite or not (image_path.is_file() and label_path.is_file()):
-                tasks.append(_Task(index, seed, size, image_path, label_path, appearance, field_of_view))
+                tasks.append(_Task(index, seed, size, image_path, label_path, appearance, field_of_view, anatomy))
     return tasks
 
 
@@ -306,7 +310,7 @@ def _run_tasks(tasks: list[_Task], size: str, num_processes: int, progress: bool
 def make_phantom_dataset(raw_root: str | os.PathLike, dataset_id: int = 500, num_cases: int = 20,
                          num_test_cases: int = 5, size: str = "full", seed: int = 0, num_processes: int = 1,
                          overwrite: bool = False, progress: bool = False, appearance: str = "realistic",
-                         field_of_view: str | None = None) -> Path:
+                         field_of_view: str | None = None, anatomy: str = "standard") -> Path:
     """Write `DatasetXXX_Phantom` under `raw_root` and return its folder.
 
     Training cases are `phantom_000 ...` (imagesTr/labelsTr), held-out cases `phantom_test_000 ...`
@@ -314,17 +318,16 @@ def make_phantom_dataset(raw_root: str | os.PathLike, dataset_id: int = 500, num
     dataset.json is written last.
     """
     field_of_view = field_of_view or default_field_of_view(appearance)
-    _check_style(size, appearance, field_of_view)
+    _check_style(size, appearance, field_of_view, anatomy)
     _check_arguments(dataset_id, num_cases, num_test_cases, size, seed, num_processes)
     raw_root = Path(raw_root)
     folder = raw_root / f"Dataset{dataset_id:03d}_Phantom"
-    wanted = {"seed": seed, "size": size, "appearance": appearance, "field_of_view": field_of_view,
-              "generator_version": GENERATOR_VERSIONS[appearance]}
+    wanted = {"seed": seed, "size": size, "appearance": appearance, "field_of_view": field_of_view, "anatomy": anatomy}
     _check_dataset_folder(raw_root, folder, dataset_id, overwrite, wanted)
     json_path = folder / "dataset.json"
-    tasks = _planned_tasks(folder, num_cases, num_test_cases, size, seed, overwrite, appearance, field_of_view)
+    tasks = _planned_tasks(folder, num_cases, num_test_cases, size, seed, overwrite, appearance, field_of_view, anatomy)
     if overwrite and json_path.is_file():
         json_path.unlink()
     _run_tasks(tasks, size, num_processes, progress)
-    write_json(json_path, dataset_json(num_cases, num_test_cases, seed, size, appearance, field_of_view))
+    write_json(json_path, dataset_json(num_cases, num_test_cases, seed, size, appearance, field_of_view, anatomy))
     return folder

@@ -1,5 +1,5 @@
-"""Domain-randomised phantoms: the same patients, with appearance, organ sizes and field of view drawn far wider
-than a realistic scan's, so that a detector trained on them reads real CT of any phase, scanner and scan range.
+"""Domain-randomised phantoms: the same anatomy, with appearance and field of view drawn far wider than a
+realistic scan's, so that a detector trained on them reads real CT of any phase, scanner and scan range.
 
 The idea is SynthSeg's (Billot et al., Medical Image Analysis 2023): a network trained on images synthesised
 from label maps with randomised contrast, resolution and artefacts generalises to real scans it never saw.
@@ -18,9 +18,9 @@ Here the label maps are the phantom's anatomy; what is drawn per scan:
   the pelvis, 80-480 mm long, so organs are cut at either end and the scan's ends say nothing about where
   an organ lies. `FIELDS_OF_VIEW` also names fixed partial ranges (upper abdomen, pelvis) for measuring.
 
-The organs' sizes and heights are redrawn as well (`autodetr.phantom.variation`). Labels and boxes stay exact:
-the label map is rasterised on the same grid, and a box is the bounding box of the organ's voxels inside the
-scan.
+Labels and boxes stay exact: the label map is rasterised on the same grid, and a box is the bounding box of
+the organ's voxels inside the scan. Organ sizes and heights can be varied as well (`--anatomy varied`,
+`autodetr.phantom.variation`).
 """
 from __future__ import annotations
 
