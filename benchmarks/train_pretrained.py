@@ -26,7 +26,7 @@ from autodetr.training.export_pretrained import export_pretrained
 from autodetr.training.checkpoint import load_checkpoint
 
 NAME = "phantom-abdomen"
-VERSION = "1.0"
+VERSION = "1.1"
 MINUTES, NUM_CASES = 40, 96
 
 
