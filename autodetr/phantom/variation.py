@@ -1,16 +1,17 @@
-"""Anatomical variety of randomised phantoms: organ sizes and heights drawn as wide as between real patients.
+"""Anatomical variety of phantoms (`--anatomy varied`): organ sizes and heights drawn as wide as between real patients.
 
 The realistic phantom's organs vary by about 10 % in size and 8 mm in place, and its liver, spleen and
 stomach all end near the first lumbar vertebra. Between real patients they vary far more (textbook ranges,
 e.g. Gray's Anatomy; imaging surveys of liver span and spleen size): the right lobe of the liver reaches
 anywhere from L1 to the iliac crest (a long right lobe or Riedel's lobe lies lateral to the right kidney),
 the spleen's lower pole lies between T12 and L3 (larger in splenomegaly), the greater curvature and antrum of
-the stomach hang down to L2-L4, and a kidney sits up to a vertebra higher or lower (ptosis). A detector that
-saw only the narrow range learns where an organ must end rather than seeing where it does: on a slab that
-cuts an organ, its box stops where the phantom's would.
+the stomach hang down to L2-L4, and a kidney sits up to a vertebra higher or lower (ptosis). The hypothesis: a
+detector that saw only the narrow range learns where an organ must end rather than seeing where it does, so on
+a slab that cuts an organ its box stops where the phantom's would.
 
-`vary_anatomy` redraws those sizes and heights per patient (`autodetr_make_phantom --anatomy varied`) (SynthSeg's idea applied to the label
-maps themselves: Billot et al., Medical Image Analysis 2023, deform and rescale the training label maps).
+`vary_anatomy` redraws those sizes and heights per patient (`autodetr_make_phantom --anatomy varied`; SynthSeg's
+idea applied to the label maps themselves: Billot et al., Medical Image Analysis 2023, deform and rescale the
+training label maps).
 Organs grow downward from their top (the diaphragm holds the liver dome and the spleen's upper pole), so the
 landmarks the field of view and the body outline were drawn from stay where they are. Labels stay exact: the
 label map is rasterised from the varied shapes.
