@@ -1,4 +1,4 @@
-"""Anatomical variety of phantoms (`--anatomy varied`): organ sizes and heights drawn as wide as between real patients.
+"""Anatomical variety of phantoms (`--anatomy varied`): organ sizes and heights as varied as between patients.
 
 The realistic phantom's organs vary by about 10 % in size and 8 mm in place, and its liver, spleen and
 stomach all end near the first lumbar vertebra. Between real patients they vary far more (textbook ranges,
