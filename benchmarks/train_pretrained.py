@@ -1,14 +1,14 @@
 """Train (or take) the packaged model `phantom-abdomen` and write it into `autodetr/pretrained/phantom-abdomen/`.
 
-    python benchmarks/train_pretrained.py                         # trains: about 50 minutes on a 2-core CPU
+    python benchmarks/train_pretrained.py                         # trains: about 90 minutes on a 2-core CPU
     python benchmarks/train_pretrained.py --from-demo RUN_FOLDER  # exports a finished run of the same command
 
 The recipe is the demo's, on domain-randomised phantoms, seeded:
 
-    autodetr_demo --appearance randomised --seed 0 --minutes 40 --num-cases 96 --out RUN_FOLDER
+    autodetr_demo --appearance randomised --seed 0 --minutes 80 --num-cases 96 --out RUN_FOLDER
 
 (96 full-size randomised phantoms of seed 0 with scan ranges anywhere from chest to pelvis, CPU preset, fold
-`all`, 40 minutes of training; the number of steps depends on the machine and is recorded). The fold's weights are written in float16
+`all`, 80 minutes of training; the number of steps depends on the machine and is recorded). The fold's weights are written in float16
 with a record (name, version, recipe, steps, the demo's held-out phantom mAP and, with `--real-ct`, the
 real-example figure of `benchmarks/bench_real_ct.py`) that every prediction made with it carries.
 """
@@ -26,8 +26,8 @@ from autodetr.training.export_pretrained import export_pretrained
 from autodetr.training.checkpoint import load_checkpoint
 
 NAME = "phantom-abdomen"
-VERSION = "1.1"
-MINUTES, NUM_CASES = 40, 96
+VERSION = "1.2"
+MINUTES, NUM_CASES = 80, 96
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
