@@ -44,9 +44,12 @@ def surface_contact(label_map: np.ndarray, spacing_zyx: tuple[float, ...], organ
     # Only the organ's box grown by `mm` (plus one voxel) can hold a neighbour voxel that close: crop to it.
     margin = [int(np.ceil(mm / step)) + 1 for step in spacing_zyx]
     window = tuple(slice(max(s.start - m, 0), s.stop + m) for s, m in zip(found[0], margin))
+    away = label_map[window] != neighbour
+    if away.all():  # no neighbour voxel near (the transform would measure to a made-up background instead)
+        return 0.0
     mask = label_map[window] == organ
-    surface = mask & ~ndimage.binary_erosion(mask, border_value=0)
-    distance = ndimage.distance_transform_edt(label_map[window] != neighbour, sampling=spacing_zyx)
+    surface = mask & ~ndimage.binary_erosion(mask)
+    distance = ndimage.distance_transform_edt(away, sampling=spacing_zyx)
     return float(np.mean(distance[surface] <= mm))
 
 

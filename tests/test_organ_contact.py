@@ -30,6 +30,13 @@ def test_abutting_organs_touch_and_a_fat_plane_separates_them() -> None:
     assert organ_contact.surface_contact(_two_blocks(0), spacing, 1, 3, mm=4.0) is None
 
 
+def test_an_organ_at_the_scan_edge_with_its_neighbour_far_away_touches_nothing() -> None:
+    label_map = np.zeros((12, 12, 60), dtype=np.int16)
+    label_map[0:6, 0:6, 0:6] = 1  # cut by the scan's corner
+    label_map[3:9, 3:9, 50:56] = 2
+    assert organ_contact.surface_contact(label_map, (1.0, 1.0, 1.0), 1, 2, mm=4.0) == 0.0
+
+
 def test_summary_skips_cases_without_the_pair() -> None:
     rows = [{"kidney_right-liver": 0.2}, {"kidney_right-liver": None}, {"kidney_right-liver": 0.4}]
     assert organ_contact.summarise(rows)["kidney_right-liver"] == "0.30 (0.20-0.40), n=2"
