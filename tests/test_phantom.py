@@ -95,6 +95,21 @@ def test_anatomy_is_where_it_belongs():
             assert abs(centre["gallbladder"][2] - centre["liver"][2]) < abs(centre["gallbladder"][2] - centre["spleen"][2])
 
 
+def test_perirenal_fat_keeps_liver_and_spleen_off_the_kidneys():
+    """A fat plane separates each kidney from liver and spleen (as in real CT), at the patient's drawn thickness;
+    the labels stay exact (the boxes are the label map's)."""
+    for index, appearance in ((0, "realistic"), (3, "randomised")):
+        case = generate_case(index, seed=0, size="full", appearance=appearance, field_of_view="standard")
+        boxes, values = boxes_from_label_map(case.label)
+        assert {CLASS_NAMES[v - 1]: tuple(int(c) for c in b) for b, v in zip(boxes, values)} == case.placed_boxes
+        for kidney, neighbour in (("kidney_right", "liver"), ("kidney_left", "spleen")):
+            distance = ndimage.distance_transform_edt(case.label != CLASS_NAMES.index(kidney) + 1, sampling=case.spacing)
+            gap = distance[case.label == CLASS_NAMES.index(neighbour) + 1].min()
+            thickness = case.info["perirenal_fat_mm"][kidney]
+            assert 1.0 <= thickness <= 25.0
+            assert gap > thickness, (index, kidney, neighbour, gap, thickness)
+
+
 def test_hounsfield_units_are_plausible_small():
     case = generate_case(0, seed=0, size="small")
     image, label = case.image.astype(np.float64), case.label

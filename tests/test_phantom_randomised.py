@@ -9,7 +9,7 @@ from autodetr.phantom.anatomy import CLASS_NAMES, sample_anatomy
 from autodetr.phantom.shapes import extent
 from autodetr.phantom.spine import LUMBAR
 from autodetr.phantom.variation import vary_anatomy
-from autodetr.phantom.generator import generate_case
+from autodetr.phantom.generator import GENERATOR_VERSION, generate_case
 from autodetr.phantom.randomised import PHASE_HU, TISSUE_JITTER_HU
 
 LIVER, AORTA, BLADDER = (CLASS_NAMES.index(name) + 1 for name in ("liver", "aorta", "urinary_bladder"))
@@ -124,7 +124,8 @@ def test_varied_anatomy_is_opt_in_recorded_and_never_mixed_into_a_standard_folde
     folder = tmp_path / "Dataset530_Phantom"
     folder.mkdir()
     (folder / "dataset.json").write_text(json.dumps({"phantom": {"seed": 0, "size": "small", "appearance": "randomised",
-                                                                 "field_of_view": "random"}}))
+                                                                 "field_of_view": "random",
+                                                                 "generator_version": GENERATOR_VERSION}}))
     with pytest.raises(InputError, match="anatomy standard.*--overwrite.*anatomy varied"):
         make_phantom_dataset(tmp_path, dataset_id=530, num_cases=1, num_test_cases=0, size="small",
                              appearance="randomised", anatomy="varied")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy.ndimage import distance_transform_edt
 
 from autodetr.atomic_io import atomic_path, read_json, write_json
 from autodetr.errors import InputError
@@ -30,7 +31,8 @@ from autodetr.phantom.variation import vary_anatomy
 TEST_INDEX_OFFSET = 1_000_000
 """Held-out cases use generator indices from here on, so they never depend on --num-cases."""
 FILE_ENDING = ".nii.gz"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
+"""2: perirenal fat keeps the organs painted after the kidneys off them (`anatomy._perirenal_fat`)."""
 ANATOMIES = ("standard", "varied")
 """standard: the phantom's patients as drawn (the default); varied: organ sizes and heights redrawn as wide as
 between real patients (`autodetr.phantom.variation`)."""
@@ -116,6 +118,7 @@ def generate_case(index: int, seed: int = 0, size: str = "small", appearance: st
     hu = np.empty(grid.shape, dtype=np.float32)
     zone = np.empty(grid.shape, dtype=np.uint8)
     label = np.zeros(grid.shape, dtype=np.uint8)
+    reserved = np.zeros(grid.shape, dtype=bool)  # fat capsules: no labelled organ painted later enters them
     rasterise_body(patient.outline, grid, hu, zone)
     boxes: dict[str, tuple[int, ...]] = {}
     for structure in patient.structures:
@@ -127,7 +130,7 @@ def generate_case(index: int, seed: int = 0, size: str = "small", appearance: st
         zone_region = zone[region]
         mask &= (zone_region == CAVITY) if structure.in_cavity else (zone_region >= BODY_WALL)
         if structure.label:
-            mask &= label[region] == 0
+            mask &= (label[region] == 0) & ~reserved[region]
         if not mask.any():
             continue
         context = Context(level, grid.region_axes(region), grid.spacing, noise)
@@ -135,6 +138,9 @@ def generate_case(index: int, seed: int = 0, size: str = "small", appearance: st
         if structure.label:
             label[region][mask] = structure.label
             boxes[structure.name] = _mask_box(mask, region)
+            if structure.fat_capsule_mm > 0:
+                _reserve_capsule(label, structure.label, boxes[structure.name], structure.fat_capsule_mm, grid.spacing,
+                                 reserved)
     if appearance == "randomised":
         add_scanner_effects(hu, grid, noise)
     else:
@@ -155,6 +161,15 @@ def generate_case(index: int, seed: int = 0, size: str = "small", appearance: st
     info = {**patient.info, **style, "protocol": fov.protocol, "index": index, "seed": seed, "size": size,
             "appearance": appearance, "anatomy": anatomy}
     return PhantomCase(image, label, tuple(float(s) for s in grid.spacing), tuple(float(o) for o in origin), placed, info)
+
+
+def _reserve_capsule(label: np.ndarray, value: int, box: tuple[int, ...], thickness_mm: float,
+                     spacing: tuple[float, float, float], reserved: np.ndarray) -> None:
+    """Mark every voxel within `thickness_mm` of the organ labelled `value` (corner box `box`) in `reserved`."""
+    pad = [int(np.ceil(thickness_mm / s)) + 1 for s in spacing]
+    window = tuple(slice(max(0, box[a] - pad[a]), min(label.shape[a], box[a + 3] + pad[a])) for a in range(3))
+    distance = distance_transform_edt(label[window] != value, sampling=spacing)
+    reserved[window] |= distance <= thickness_mm
 
 
 def _mask_box(mask: np.ndarray, region: tuple[slice, slice, slice]) -> tuple[int, int, int, int, int, int]:
@@ -250,7 +265,7 @@ def _check_dataset_folder(raw_root: Path, folder: Path, dataset_id: int, overwri
     json_path = folder / "dataset.json"
     if json_path.is_file() and not overwrite:
         previous = read_json(json_path).get("phantom", {})
-        found = {"appearance": "realistic", "field_of_view": "standard", "anatomy": "standard",
+        found = {"appearance": "realistic", "field_of_view": "standard", "anatomy": "standard", "generator_version": 1,
                  **previous}  # written before any of them existed
         if any(found.get(key) != value for key, value in wanted.items()):
             described = lambda values: ", ".join(f"{key} {values.get(key)}" for key in wanted)  # noqa: E731
@@ -322,7 +337,8 @@ def make_phantom_dataset(raw_root: str | os.PathLike, dataset_id: int = 500, num
     _check_arguments(dataset_id, num_cases, num_test_cases, size, seed, num_processes)
     raw_root = Path(raw_root)
     folder = raw_root / f"Dataset{dataset_id:03d}_Phantom"
-    wanted = {"seed": seed, "size": size, "appearance": appearance, "field_of_view": field_of_view, "anatomy": anatomy}
+    wanted = {"seed": seed, "size": size, "appearance": appearance, "field_of_view": field_of_view, "anatomy": anatomy,
+              "generator_version": GENERATOR_VERSION}  # cases of another generator version differ: never mix them
     _check_dataset_folder(raw_root, folder, dataset_id, overwrite, wanted)
     json_path = folder / "dataset.json"
     tasks = _planned_tasks(folder, num_cases, num_test_cases, size, seed, overwrite, appearance, field_of_view, anatomy)

@@ -19,6 +19,7 @@ class Structure:
     label: int = 0
     deformation: SmoothDeformation | None = None
     in_cavity: bool = True  # clipped to the abdominal cavity (else to the body outline)
+    fat_capsule_mm: float = 0.0  # fat around it (mm) that labelled organs painted later may not enter
 
 
 def points(rng: np.random.Generator, g: float, spec: list[tuple[float, float, float]], jitter: float) -> np.ndarray:
