@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -45,15 +46,21 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def write_test_set(folder: Path, args: argparse.Namespace, field: str) -> Path:
-    """`folder` as a raw dataset with only imagesTs / labelsTs: the test patients scanned over `field`."""
+    """`folder` as a raw dataset with only imagesTs / labelsTs: the test patients scanned over `field`
+    (cases already there are reused only if its dataset.json records the same phantom and generator version)."""
+    described = dataset_json(0, args.num_cases, args.seed, "full", args.appearance, field)
+    json_path = folder / "dataset.json"
+    recorded = json.loads(json_path.read_text()).get("phantom") if json_path.is_file() else None
+    if folder.exists() and recorded != described["phantom"]:
+        shutil.rmtree(folder)  # another generator version, other settings or unknown: make them again
     for sub in ("imagesTs", "labelsTs"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(described))  # first: it describes every case that will be written here
     for k in range(args.num_cases):
         case = f"phantom_test_{k:03d}"
         image, label = folder / "imagesTs" / f"{case}_0000{FILE_ENDING}", folder / "labelsTs" / f"{case}{FILE_ENDING}"
         if not (image.is_file() and label.is_file()):
             write_case(generate_case(TEST_INDEX_OFFSET + k, args.seed, "full", args.appearance, field), image, label)
-    (folder / "dataset.json").write_text(json.dumps(dataset_json(0, args.num_cases, args.seed, "full", args.appearance, field)))
     return folder
 
 
