@@ -8,9 +8,10 @@ The recipe is the demo's, on domain-randomised phantoms, seeded:
     autodetr_demo --appearance randomised --seed 0 --minutes 80 --num-cases 96 --out RUN_FOLDER
 
 (96 full-size randomised phantoms of seed 0 with scan ranges anywhere from chest to pelvis, CPU preset, fold
-`all`, 80 minutes of training; the number of steps depends on the machine and is recorded). The fold's weights are written in float16
-with a record (name, version, recipe, steps, the demo's held-out phantom mAP and, with `--real-ct`, the
-real-example figure of `benchmarks/bench_real_ct.py`) that every prediction made with it carries.
+`all`, 80 minutes of training; the number of steps depends on the machine and is recorded). The fold's weights
+are written in float16 with a record (name, version, recipe, steps, the phantom generator version, the demo's
+held-out phantom mAP and, with `--real-ct`, the real-example figure of `benchmarks/bench_real_ct.py`) that every
+prediction made with it carries.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from autodetr.training.export_pretrained import export_pretrained
 from autodetr.training.checkpoint import load_checkpoint
 
 NAME = "phantom-abdomen"
-VERSION = "1.2"
+VERSION = "1.3"
 MINUTES, NUM_CASES = 80, 96
 
 
@@ -39,6 +40,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--real-ct", type=Path, default=None, help="bench_real_ct.json of this model, recorded with it")
     parser.add_argument("--destination", type=Path, default=PACKAGE_FOLDER / NAME, help="packaged model folder")
     return parser.parse_args(argv)
+
+
+def _generator_version(run: Path) -> int:
+    """The phantom generator version the run's training phantoms were made with (1 before it was recorded)."""
+    dataset = json.loads(next(run.glob("raw/Dataset*_Phantom/dataset.json")).read_text())
+    return int(dataset.get("phantom", {}).get("generator_version", 1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = json.loads(args.real_ct.read_text())["summary"]
         figures.update(real_example_mean_iou=summary["mean_iou"], real_example_share_iou_0_5=summary["share_iou_0_5"])
     record = {"name": NAME, "version": VERSION, "date": date.today().isoformat(), "recipe": recipe,
-              "steps": int(checkpoint.get("global_step", 0)), "figures": figures}
+              "steps": int(checkpoint.get("global_step", 0)), "figures": figures,
+              "phantom_generator_version": _generator_version(run)}
     destination = export_pretrained(fold, args.destination, record)
     size = sum(p.stat().st_size for p in destination.iterdir()) / 1e6
     print(f"packaged {NAME} {VERSION} ({record['steps']} steps) into {destination}: {size:.1f} MB\n{json.dumps(figures)}")

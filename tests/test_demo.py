@@ -35,3 +35,17 @@ def test_demo_small_one_minute(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "atlas prior" in printed and f"mAP {prior['mAP']:.3f}" in printed and f"mAP {metrics['mAP']:.3f}" in printed
     assert "atlas prior" in page
+
+    # a run folder whose phantoms another generator version made: refused with the demo's own advice (it has no
+    # --overwrite), one line, exit 2, before anything is written
+    raw_json = next(out.glob("raw/Dataset*_Phantom/dataset.json"))
+    record = json.loads(raw_json.read_text())
+    record["phantom"]["generator_version"] -= 1
+    raw_json.write_text(json.dumps(record))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(out), "--minutes", "1", "--size", "small", "--num-cases", "6", "--num-test-cases", "2"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "give another --out" in error and "--overwrite" not in error
+    assert json.loads(raw_json.read_text()) == record
+

@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from autodetr.atomic_io import atomic_path, read_json
 from autodetr.boxes import boxes_from_label_map
+from autodetr.errors import InputError
 from autodetr.demo.defaults import DEFAULT_MINUTES, DEFAULT_NUM_CASES
 from autodetr.demo.pictures import DrawnBox, draw_case
 from autodetr.paths import use_roots_under
@@ -145,7 +146,7 @@ def run_demo(output: Path, minutes: float = DEFAULT_MINUTES, size: str = "full",
     from autodetr.evaluation.api import evaluate_folder
     from autodetr.inference.atlas_prior import predict_atlas_prior
     from autodetr.inference.predict_api import predict
-    from autodetr.phantom.generator import make_phantom_dataset
+    from autodetr.phantom.generator import PhantomSettingsError, make_phantom_dataset
     from autodetr.planners.plan_and_preprocess_api import plan_and_preprocess
     from autodetr.training.train_api import train
 
@@ -154,9 +155,14 @@ def run_demo(output: Path, minutes: float = DEFAULT_MINUTES, size: str = "full",
     started = time.perf_counter()
     estimate = StageEstimate(minutes, num_cases + num_test_cases, size)
     estimate.announce(1, f"phantom data set ({size}, {appearance}, {num_cases} training + {num_test_cases} test cases)")
-    raw_folder = make_phantom_dataset(roots["raw"], dataset_id=DEMO_DATASET_ID, num_cases=num_cases, num_test_cases=num_test_cases,
-                                      size=size, seed=seed, num_processes=num_processes, progress=True,
-                                      appearance=appearance, field_of_view=field_of_view)
+    try:
+        raw_folder = make_phantom_dataset(roots["raw"], dataset_id=DEMO_DATASET_ID, num_cases=num_cases,
+                                          num_test_cases=num_test_cases, size=size, seed=seed,
+                                          num_processes=num_processes, progress=True, appearance=appearance,
+                                          field_of_view=field_of_view)
+    except PhantomSettingsError as error:  # the demo has no --overwrite: a run folder holds one demo
+        raise InputError(f"{output} holds a demo whose phantoms were made with {error.found} (by this or an older "
+                         f"autodetr), not {error.wanted}: give another --out or remove that folder") from None
     estimate.announce(2, "plan and preprocess (CPU preset)")
     plan_and_preprocess(DEMO_DATASET_ID, preset="cpu", num_processes=num_processes)
     estimate.announce(3, f"train on all training cases for {minutes:g} minutes")

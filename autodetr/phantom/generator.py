@@ -255,6 +255,16 @@ def _check_arguments(dataset_id: int, num_cases: int, num_test_cases: int, size:
         raise InputError(f"-np must be at least 1, got {num_processes}")
 
 
+class PhantomSettingsError(InputError):
+    """A phantom folder written with other settings (or another generator version) than asked for."""
+
+    def __init__(self, folder: Path, found: dict[str, object], wanted: dict[str, object]) -> None:
+        self.folder = folder
+        described = lambda values: ", ".join(f"{key} {values.get(key)}" for key in wanted)  # noqa: E731
+        self.found, self.wanted = described(found), described(wanted)
+        super().__init__(f"{folder} was generated with {self.found}; use --overwrite to regenerate it with {self.wanted}")
+
+
 def _check_dataset_folder(raw_root: Path, folder: Path, dataset_id: int, overwrite: bool, wanted: dict[str, object]
                           ) -> None:
     """Refuse a dataset id taken by another dataset, or a phantom folder generated with other settings."""
@@ -268,9 +278,7 @@ def _check_dataset_folder(raw_root: Path, folder: Path, dataset_id: int, overwri
         found = {"appearance": "realistic", "field_of_view": "standard", "anatomy": "standard", "generator_version": 1,
                  **previous}  # written before any of them existed
         if any(found.get(key) != value for key, value in wanted.items()):
-            described = lambda values: ", ".join(f"{key} {values.get(key)}" for key in wanted)  # noqa: E731
-            raise InputError(f"{folder} was generated with {described(found)}; use --overwrite to regenerate it with "
-                             f"{described(wanted)}")
+            raise PhantomSettingsError(folder, found, wanted)
 
 
 def _clean_split_folder(sub: Path, expected: set[str], overwrite: bool) -> None:
