@@ -27,7 +27,7 @@ PRIORITY: list[str] = [*LUMBAR, "aorta", "inferior_vena_cava", "kidney_left", "k
 
 GALLBLADDER_ABSENT = 0.25
 PERIRENAL_FAT_SHARE = (0.15, 0.4)
-"""Perirenal fat thickness as a share of the patient's lateral subcutaneous fat (8-45 mm): 1-18 mm, lean to obese."""
+"""Perirenal fat thickness as a share of the patient's lateral subcutaneous fat (8-45 mm): 1-22 mm, lean to obese."""
 
 
 @dataclass
