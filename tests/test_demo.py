@@ -48,4 +48,3 @@ def test_demo_small_one_minute(tmp_path, monkeypatch, capsys):
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: ") and "give another --out" in error and "--overwrite" not in error
     assert json.loads(raw_json.read_text()) == record
-

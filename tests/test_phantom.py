@@ -24,6 +24,12 @@ def _centroid(label: np.ndarray, name: str) -> np.ndarray:
     return np.argwhere(label == _value(name)).mean(axis=0)
 
 
+def _boxes_by_name(label: np.ndarray) -> dict[str, tuple[int, ...]]:
+    """The corner box of every class in `label`, by class name (as `PhantomCase.placed_boxes`)."""
+    boxes, values = boxes_from_label_map(label)
+    return {CLASS_NAMES[v - 1]: tuple(int(c) for c in box) for box, v in zip(boxes, values)}
+
+
 def _interior(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
     return ndimage.binary_erosion(mask, iterations=iterations)
 
@@ -53,9 +59,7 @@ def test_same_seed_gives_identical_case_and_other_seed_differs():
 def test_placed_boxes_are_the_boxes_of_the_label_map():
     for index in range(3):
         case = generate_case(index, seed=0, size="small")
-        boxes, values = boxes_from_label_map(case.label)
-        from_labels = {CLASS_NAMES[v - 1]: tuple(int(c) for c in box) for box, v in zip(boxes, values)}
-        assert from_labels == case.placed_boxes
+        assert _boxes_by_name(case.label) == case.placed_boxes
         shape = np.array(case.label.shape * 2)
         for box in case.placed_boxes.values():
             assert np.all(np.array(box[3:]) > np.array(box[:3])) and np.all(np.array(box) <= shape)
@@ -100,8 +104,7 @@ def test_perirenal_fat_keeps_liver_and_spleen_off_the_kidneys():
     the labels stay exact (the boxes are the label map's)."""
     for index, appearance in ((0, "realistic"), (3, "randomised")):
         case = generate_case(index, seed=0, size="full", appearance=appearance, field_of_view="standard")
-        boxes, values = boxes_from_label_map(case.label)
-        assert {CLASS_NAMES[v - 1]: tuple(int(c) for c in b) for b, v in zip(boxes, values)} == case.placed_boxes
+        assert _boxes_by_name(case.label) == case.placed_boxes
         for kidney, neighbour in (("kidney_right", "liver"), ("kidney_left", "spleen")):
             distance = ndimage.distance_transform_edt(case.label != CLASS_NAMES.index(kidney) + 1, sampling=case.spacing)
             gap = distance[case.label == CLASS_NAMES.index(neighbour) + 1].min()
@@ -200,8 +203,7 @@ def test_cli_writes_a_complete_nnunet_dataset(tmp_path: Path):
     image, _ = _read(folder / "imagesTr" / "phantom_002_0000.nii.gz")
     case = generate_case(2, seed=4, size="small")
     np.testing.assert_array_equal(image, case.image)
-    boxes, values = boxes_from_label_map(label)
-    assert {CLASS_NAMES[v - 1]: tuple(int(c) for c in b) for b, v in zip(boxes, values)} == case.placed_boxes
+    assert _boxes_by_name(label) == case.placed_boxes
     np.testing.assert_allclose(label_itk.GetSpacing(), case.spacing[::-1], rtol=1e-6)
     np.testing.assert_allclose(label_itk.GetOrigin(), case.origin[::-1], atol=1e-3)
 
