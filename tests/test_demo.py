@@ -36,6 +36,14 @@ def test_demo_small_one_minute(tmp_path, monkeypatch, capsys):
     assert "atlas prior" in printed and f"mAP {prior['mAP']:.3f}" in printed and f"mAP {metrics['mAP']:.3f}" in printed
     assert "atlas prior" in page
 
+    # --anatomy reaches the phantom generator: the same folder asked for varied anatomy is refused, nothing written
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(out), "--minutes", "1", "--size", "small", "--num-cases", "6", "--num-test-cases", "2",
+              "--anatomy", "varied"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "anatomy standard" in error and "anatomy varied" in error and "give another --out" in error
+
     # a run folder whose phantoms another generator version made: refused with the demo's own advice (it has no
     # --overwrite), one line, exit 2, before anything is written
     raw_json = next(out.glob("raw/Dataset*_Phantom/dataset.json"))

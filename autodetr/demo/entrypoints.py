@@ -7,6 +7,7 @@ from pathlib import Path
 from autodetr.demo.defaults import DEFAULT_MINUTES, DEFAULT_NUM_CASES
 from autodetr.devices import DEVICE_HELP
 from autodetr.errors import cli_main
+from autodetr.phantom.generator import ANATOMIES
 from autodetr.phantom.randomised import APPEARANCES, FIELDS_OF_VIEW
 
 
@@ -34,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--field-of-view", choices=FIELDS_OF_VIEW, default=None,
                         help="phantom scan range (autodetr_make_phantom --field-of-view; default: standard for "
                              "realistic, random for randomised)")
+    parser.add_argument("--anatomy", choices=ANATOMIES, default="standard",
+                        help="phantom anatomy (autodetr_make_phantom --anatomy; default standard): 'varied' redraws the "
+                             "sizes and heights of liver, spleen, stomach and kidneys as wide as between real patients")
     parser.add_argument("--image", type=Path, help="also predict this image (file, folder or DICOM folder), e.g. a real CT")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--seed", type=int, default=0, help="seed of the phantom and the training (default 0)")
@@ -48,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     result = run_demo(args.out, minutes=args.minutes, size=args.size, num_cases=args.num_cases,
                       num_test_cases=args.num_test_cases, image=args.image, device=args.device, seed=args.seed,
-                      num_processes=args.num_processes, appearance=args.appearance, field_of_view=args.field_of_view)
+                      num_processes=args.num_processes, appearance=args.appearance, field_of_view=args.field_of_view,
+                      anatomy=args.anatomy)
     print(f"\n{'class':<22}" + "".join(f"{c:>8}" for c in ("AP", "AP50", "AP75", "AR")))
     for row in metrics_table(result.metrics):
         print(f"{row[0]:<22}" + "".join(f"{c:>8}" for c in row[1:]))

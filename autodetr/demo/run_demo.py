@@ -141,7 +141,7 @@ class StageEstimate:
 
 def run_demo(output: Path, minutes: float = DEFAULT_MINUTES, size: str = "full", num_cases: int = DEFAULT_NUM_CASES, num_test_cases: int = 4,
              image: Path | None = None, device: str | None = None, seed: int = 0, num_processes: int = 2,
-             appearance: str = "realistic", field_of_view: str | None = None) -> DemoResult:
+             appearance: str = "realistic", field_of_view: str | None = None, anatomy: str = "standard") -> DemoResult:
     """Run the demo into `output` (see the module docstring); returns where everything is."""
     from autodetr.evaluation.api import evaluate_folder
     from autodetr.inference.atlas_prior import predict_atlas_prior
@@ -154,12 +154,12 @@ def run_demo(output: Path, minutes: float = DEFAULT_MINUTES, size: str = "full",
     roots = use_roots_under(output)  # the demo never touches a user's own data
     started = time.perf_counter()
     estimate = StageEstimate(minutes, num_cases + num_test_cases, size)
-    estimate.announce(1, f"phantom data set ({size}, {appearance}, {num_cases} training + {num_test_cases} test cases)")
+    estimate.announce(1, f"phantom data set ({size}, {appearance}, {anatomy} anatomy, {num_cases} training + {num_test_cases} test cases)")
     try:
         raw_folder = make_phantom_dataset(roots["raw"], dataset_id=DEMO_DATASET_ID, num_cases=num_cases,
                                           num_test_cases=num_test_cases, size=size, seed=seed,
                                           num_processes=num_processes, progress=True, appearance=appearance,
-                                          field_of_view=field_of_view)
+                                          field_of_view=field_of_view, anatomy=anatomy)
     except PhantomSettingsError as error:  # the demo has no --overwrite: a run folder holds one demo
         raise InputError(f"{output} holds a demo whose phantoms were made with {error.found} (by this or an older "
                          f"autodetr), not {error.wanted}: give another --out or remove that folder") from None
