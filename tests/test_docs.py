@@ -297,5 +297,43 @@ def test_a_broken_link_or_anchor_is_reported(tmp_path: Path) -> None:
     ]
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Tables
+
+
+def table_cells(row: str) -> int:
+    """How many cells a Markdown table row has (pipes inside inline code or escaped do not separate cells)."""
+    prose = INLINE_CODE.sub("code", row.replace("\\|", "")).strip()
+    return len(prose.strip("|").split("|"))
+
+
+def ragged_table_rows(page: Path) -> list[str]:
+    """Rows of a page's tables whose cell count differs from their header's (a figure in the wrong column)."""
+    problems, header, fence = [], None, False
+    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip().startswith(("```", "~~~")):
+            fence = not fence
+        if fence or not line.lstrip().startswith("|"):
+            header = None
+            continue
+        if header is None:
+            header = table_cells(line)
+        elif table_cells(line) != header:
+            problems.append(f"{page.name}:{number}: {table_cells(line)} cells, the header has {header}")
+    return problems
+
+
+@pytest.mark.parametrize("page", LINK_PAGES, ids=lambda p: p.name)
+def test_every_table_row_has_its_headers_cells(page: Path) -> None:
+    assert ragged_table_rows(page) == []
+
+
+def test_a_ragged_table_row_is_reported(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("| a | b | `x | y` |\n| --- | --- | --- |\n| 1 | 2 | 3 |\n| 1 | 2 3 |\n\n| c |\n| --- |\n| 4 |\n",
+                    encoding="utf-8")
+    assert ragged_table_rows(page) == ["page.md:4: 2 cells, the header has 3"]
+
+
 def test_readme_is_short() -> None:
     assert len(README.read_text(encoding="utf-8").splitlines()) < 150
