@@ -132,3 +132,19 @@ def test_varied_anatomy_is_opt_in_recorded_and_never_mixed_into_a_standard_folde
     assert not (folder / "imagesTr").exists() or not any((folder / "imagesTr").iterdir())
     make_phantom_dataset(tmp_path, dataset_id=530, num_cases=1, num_test_cases=0, size="small", appearance="randomised")
     assert json.loads((folder / "dataset.json").read_text())["phantom"]["anatomy"] == "standard"
+
+
+def test_mixed_anatomy_draws_each_case_standard_or_varied_and_keeps_both_kinds_as_they_are() -> None:
+    """`--anatomy mixed`: every case is exactly the standard or the varied folder's same case (its label map
+    and image), recorded in its info, and both kinds occur."""
+    drawn = {}
+    for index in range(6):
+        mixed = generate_case(index, seed=4, size="small", appearance="randomised", anatomy="mixed")
+        kind = mixed.info["anatomy"]
+        assert kind in ("standard", "varied")
+        same = generate_case(index, seed=4, size="small", appearance="randomised", anatomy=kind)
+        np.testing.assert_array_equal(mixed.label, same.label)
+        np.testing.assert_array_equal(mixed.image, same.image)
+        exact_boxes(mixed)
+        drawn[index] = kind
+    assert set(drawn.values()) == {"standard", "varied"}, drawn

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "realistic, random for randomised)")
     parser.add_argument("--anatomy", choices=ANATOMIES, default="standard",
                         help="phantom anatomy (autodetr_make_phantom --anatomy; default standard): 'varied' redraws the "
-                             "sizes and heights of liver, spleen, stomach and kidneys as wide as between real patients")
+                             "sizes and heights of liver, spleen, stomach and kidneys as wide as between real patients, "
+                             "'mixed' does so in half of the cases")
     parser.add_argument("--image", type=Path, help="also predict this image (file, folder or DICOM folder), e.g. a real CT")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--seed", type=int, default=0, help="seed of the phantom and the training (default 0)")

@@ -33,9 +33,11 @@ TEST_INDEX_OFFSET = 1_000_000
 FILE_ENDING = ".nii.gz"
 GENERATOR_VERSION = 2
 """2: perirenal fat keeps the organs painted after the kidneys off them (`anatomy._perirenal_fat`)."""
-ANATOMIES = ("standard", "varied")
+ANATOMIES = ("standard", "varied", "mixed")
 """standard: the phantom's patients as drawn (the default); varied: organ sizes and heights redrawn as wide as
-between real patients (`autodetr.phantom.variation`)."""
+between real patients (`autodetr.phantom.variation`); mixed: each case one or the other, varied with chance
+MIXED_VARIED_SHARE (drawn from the case's own stream, so a mixed folder's varied cases are the varied folder's)."""
+MIXED_VARIED_SHARE = 0.5
 
 
 @dataclass
@@ -66,8 +68,9 @@ def _streams(seed: int, index: int) -> dict[str, np.random.Generator]:
     """Independent generators per (seed, case index); anatomy and field of view do not depend on size."""
     if seed < 0 or index < 0:
         raise InputError(f"seed and case index must be >= 0, got seed={seed}, index={index}")
-    children = np.random.SeedSequence(entropy=seed, spawn_key=(index,)).spawn(7)
-    names = ("anatomy", "fov", "noise", "grid_small", "grid_full", "appearance", "variation")
+    names = ("anatomy", "fov", "noise", "grid_small", "grid_full", "appearance", "variation", "anatomy_choice")
+    # spawn keys are positional: a stream added at the end leaves the earlier ones (and old phantoms) unchanged
+    children = np.random.SeedSequence(entropy=seed, spawn_key=(index,)).spawn(len(names))
     return {name: np.random.default_rng(child) for name, child in zip(names, children)}
 
 
@@ -88,6 +91,13 @@ def _check_style(size: str, appearance: str, field_of_view: str, anatomy: str = 
         raise InputError(f"field of view must be one of {', '.join(FIELDS_OF_VIEW)}, got {field_of_view!r}")
 
 
+def case_anatomy(anatomy: str, rng: np.random.Generator) -> str:
+    """The anatomy ("standard" or "varied") one case of a folder of `anatomy` gets."""
+    if anatomy != "mixed":
+        return anatomy
+    return "varied" if rng.random() < MIXED_VARIED_SHARE else "standard"
+
+
 def case_grid(index: int, seed: int = 0, size: str = "small", field_of_view: str = "standard") -> Grid:
     """The voxel grid a case will have (cheap: samples the anatomy, rasterises nothing)."""
     streams = _streams(seed, index)
@@ -102,13 +112,14 @@ def generate_case(index: int, seed: int = 0, size: str = "small", appearance: st
     `appearance` "randomised" draws the contrast phase, tissue values, textures and scanner effects far
     wider than a real scan's (`autodetr.phantom.randomised`); the anatomy (and so the labels, for the
     same field of view) is the realistic case's. `anatomy` "varied" redraws the sizes and heights of liver,
-    spleen, stomach and kidneys (`autodetr.phantom.variation`; spine, vessels and body stay).
-    `field_of_view`: FIELDS_OF_VIEW, default per appearance."""
+    spleen, stomach and kidneys (`autodetr.phantom.variation`; spine, vessels and body stay); "mixed" draws
+    per case which of the two (`case_anatomy`). `field_of_view`: FIELDS_OF_VIEW, default per appearance."""
     field_of_view = field_of_view or default_field_of_view(appearance)
     _check_style(size, appearance, field_of_view, anatomy)
     streams = _streams(seed, index)
     patient = sample_anatomy(streams["anatomy"])
-    style = {"variation": vary_anatomy(patient, streams["variation"])} if anatomy == "varied" else {}
+    drawn_anatomy = case_anatomy(anatomy, streams["anatomy_choice"])
+    style = {"variation": vary_anatomy(patient, streams["variation"])} if drawn_anatomy == "varied" else {}
     if appearance == "randomised":
         style.update(randomise_appearance(patient, streams["appearance"]))
     fov = sample_field_of_view(streams["fov"], patient, field_of_view)
@@ -159,7 +170,7 @@ def generate_case(index: int, seed: int = 0, size: str = "small", appearance: st
         found, values = boxes_from_label_map(label)
         placed = {CLASS_NAMES[int(v) - 1]: tuple(int(c) for c in box) for box, v in zip(found, values)}
     info = {**patient.info, **style, "protocol": fov.protocol, "index": index, "seed": seed, "size": size,
-            "appearance": appearance, "anatomy": anatomy}
+            "appearance": appearance, "anatomy": drawn_anatomy}
     return PhantomCase(image, label, tuple(float(s) for s in grid.spacing), tuple(float(o) for o in origin), placed, info)
 
 
