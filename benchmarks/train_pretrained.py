@@ -5,7 +5,7 @@
 
 The recipe is the demo's, on domain-randomised phantoms, seeded:
 
-    autodetr_demo --appearance randomised --seed 0 --minutes 80 --num-cases 96 --out RUN_FOLDER
+    autodetr_demo --appearance randomised --seed 0 --minutes 80 --num-cases 96 --anatomy mixed --out RUN_FOLDER
 
 (96 full-size randomised phantoms of seed 0 with scan ranges anywhere from chest to pelvis, CPU preset, fold
 `all`, 80 minutes of training; the number of steps depends on the machine and is recorded). `--from-demo` refuses
@@ -30,8 +30,8 @@ from autodetr.training.export_pretrained import export_pretrained
 from autodetr.training.checkpoint import load_checkpoint
 
 NAME = "phantom-abdomen"
-VERSION = "1.3"
-MINUTES, NUM_CASES, ANATOMY = 80, 96, "standard"
+VERSION = "1.4"
+MINUTES, NUM_CASES, ANATOMY = 80, 96, "mixed"
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:

@@ -27,9 +27,10 @@ def _run_folder(root: Path, anatomy: str | None, minutes: float = 80.0, num_trai
 
 
 @pytest.mark.parametrize("anatomy, argv, problem", [
-    ("varied", [], "anatomy varied (recipe: standard)"),
-    ("standard", ["--anatomy", "varied"], "anatomy standard (recipe: varied)"),
-    (None, ["--anatomy", "varied"], "anatomy standard (recipe: varied)"),  # recorded before anatomy was
+    ("varied", [], "anatomy varied (recipe: mixed)"),
+    ("standard", [], "anatomy standard (recipe: mixed)"),
+    ("mixed", ["--anatomy", "varied"], "anatomy mixed (recipe: varied)"),
+    (None, [], "anatomy standard (recipe: mixed)"),  # recorded before anatomy was
 ])
 def test_a_run_of_other_phantoms_is_refused(tmp_path, capsys, anatomy, argv, problem):
     run = _run_folder(tmp_path / "run", anatomy)
@@ -43,7 +44,7 @@ def test_a_run_of_other_phantoms_is_refused(tmp_path, capsys, anatomy, argv, pro
 
 
 def test_a_run_of_another_budget_or_case_count_is_refused(tmp_path, capsys):
-    run = _run_folder(tmp_path / "run", "standard", minutes=20.0, num_training=64)
+    run = _run_folder(tmp_path / "run", "mixed", minutes=20.0, num_training=64)
     with pytest.raises(SystemExit) as exit_info:
         train_pretrained.main(["--from-demo", str(run), "--destination", str(tmp_path / "packaged")])
     assert exit_info.value.code == 2
@@ -52,6 +53,9 @@ def test_a_run_of_another_budget_or_case_count_is_refused(tmp_path, capsys):
 
 
 def test_the_recipe_run_passes_the_check(tmp_path):
+    mixed = train_pretrained.check_run_follows_recipe(_run_folder(tmp_path / "mixed", "mixed"),
+                                                      train_pretrained.parse_arguments(["--from-demo", "x"]))
+    assert mixed[1]["anatomy"] == "mixed"
     run = _run_folder(tmp_path / "run", "varied")
     args = train_pretrained.parse_arguments(["--from-demo", str(run), "--anatomy", "varied"])
     fold, phantom = train_pretrained.check_run_follows_recipe(run, args)
