@@ -46,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "spleen, stomach and kidneys redrawn as wide as between real patients (a liver reaching "
                               "L1 to the iliac crest, spleens up to 1.6x taller, a lower antrum, kidneys a vertebra "
                               "higher or lower; spine, vessels and body unchanged); 'mixed': each case one or the other, "
-                              "half varied. Measured on the real example (twice, the second time with the kidneys in "
-                              "their fat) varied helped liver and stomach and cost the right kidney and phantom mAP "
-                              "(docs/real_ct.md), so it is not the default"))
+                              "half varied (the packaged model's phantoms). Measured on the real example, varied alone "
+                              "helped liver and stomach and cost the right kidney and phantom mAP; mixed beat both "
+                              "standard and varied (docs/real_ct.md)"))
     parser.add_argument("--field-of-view", choices=FIELDS_OF_VIEW, default=None,
                         help=("scan range: 'standard' (liver dome to bladder or iliac crest; the default for "
                               "realistic), 'random' (starts and ends anywhere from the lower chest to the pelvis, "
