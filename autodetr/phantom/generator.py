@@ -31,9 +31,8 @@ from autodetr.phantom.variation import vary_anatomy
 TEST_INDEX_OFFSET = 1_000_000
 """Held-out cases use generator indices from here on, so they never depend on --num-cases."""
 FILE_ENDING = ".nii.gz"
-GENERATOR_VERSION = 3
-"""2: perirenal fat keeps the organs painted after the kidneys off them (`anatomy._perirenal_fat`).
-3: lumbar vertebrae as tall as real ones with their processes (about 49 mm, `spine.Spine.vertebra_shape`)."""
+GENERATOR_VERSION = 2
+"""2: perirenal fat keeps the organs painted after the kidneys off them (`anatomy._perirenal_fat`)."""
 ANATOMIES = ("standard", "varied", "mixed")
 """standard: the phantom's patients as drawn (the default); varied: organ sizes and heights redrawn as wide as
 between real patients (`autodetr.phantom.variation`); mixed: each case one or the other, varied with chance
