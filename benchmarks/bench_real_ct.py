@@ -9,7 +9,8 @@ the phantom's classes): `ct.nii.gz` (30 slices, labelled by `seg.nii.gz`) is pre
 `autodetr_predict` as its own process (`-np 1`; wall time and peak memory of that process). Per organ class
 of the model present in the labelled crop: the labelled box (cut by the scan's ends where the organ is
 cut), the model's highest-scored box of that class (none: IoU 0), their IoU; then the mean IoU and the
-share at IoU >= 0.5. Written to `benchmarks/output/bench_real_ct/<name>/`: `bench_real_ct.json`, the
+share at IoU >= 0.5, and per organ how its box misses (centre offset in mm and size over the labelled size, per
+axis). Written to `benchmarks/output/bench_real_ct/<name>/`: `bench_real_ct.json`, the
 prediction files and two pictures (shown in the scan's LPS order: patient right on the image's left in the
 axial view).
 
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nnunet_peer import format_table, run_measured  # noqa: E402
 
 from autodetr.demo.pictures import DrawnBox, draw_case  # noqa: E402
-from autodetr.evaluation.highest_box import FOUND_IOU, highest_box_ious, highest_scored, summarise  # noqa: E402
+from autodetr.evaluation.highest_box import FOUND_IOU, box_error, highest_box_ious, highest_scored, summarise  # noqa: E402
 from autodetr.prediction_files import load_prediction  # noqa: E402
 from autodetr.preprocessing.orientation import Reorientation  # noqa: E402
 
@@ -119,10 +120,16 @@ def main(argv: list[str] | None = None) -> int:
                               prediction["boxes"], prediction["scores"], prediction["class_names"])
     summary = summarise(organs)
 
-    rows = [[organ.name, round(organ.iou, 3), None if organ.score is None else round(organ.score, 3)] for organ in organs]
-    rows.append(["mean", round(summary["mean_iou"], 3), None])
-    print(f"\nreal example {crop_file.name} ({args.name}): IoU of the highest-scored box per organ")
-    print(format_table(["organ", "IoU", "score"], rows))
+    spacing = label_image.GetSpacing()[::-1]
+    errors = [box_error(organ, spacing) for organ in organs]
+    rows = [[organ.name, round(organ.iou, 3), None if organ.score is None else round(organ.score, 3),
+             None if error is None else " ".join(f"{int(round(v)):+d}" for v in error["centre_offset_mm"]),
+             None if error is None else " ".join(f"{v:.2f}" for v in error["size_ratio"])]
+            for organ, error in zip(organs, errors)]
+    rows.append(["mean", round(summary["mean_iou"], 3), None, None, None])
+    print(f"\nreal example {crop_file.name} ({args.name}): IoU of the highest-scored box per organ; how it misses, "
+          "per axis of the file's array (z y x): centre offset (mm) and size over the labelled size")
+    print(format_table(["organ", "IoU", "score", "centre offset mm", "size ratio"], rows))
     print(f"\n{summary['with_a_box']} of {summary['organs']} organs with a box; mean IoU {summary['mean_iou']:.3f}; "
           f"{summary['share_iou_0_5']:.0%} at IoU >= {FOUND_IOU}")
     for name, run in (("crop", crop), ("full", full)):
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "name": args.name, "model": str(args.model or args.dataset), "folds": args.folds, "tta": not args.disable_tta,
         "orientation": args.orientation,
         "summary": summary,
-        "organs": [organ.__dict__ for organ in organs],
+        "organs": [{**organ.__dict__, "error": error} for organ, error in zip(organs, errors)],
         "predict": {name: {k: v for k, v in run.items() if k != "prediction"} for name, run in (("crop", crop), ("full", full))},
     }
     (output / "bench_real_ct.json").write_text(json.dumps(result, indent=2))

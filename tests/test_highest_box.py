@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autodetr.evaluation.highest_box import highest_box_ious, summarise
+from autodetr.evaluation.highest_box import OrganScore, box_error, highest_box_ious, summarise
 
 
 def test_highest_scored_box_per_organ_on_a_tiny_case_with_known_ious() -> None:
@@ -26,3 +26,14 @@ def test_highest_scored_box_per_organ_on_a_tiny_case_with_known_ious() -> None:
     summary = summarise(organs)
     assert summary["mean_iou"] == pytest.approx(0.25) and summary["with_a_box"] == 1 and summary["organs"] == 2
     assert summary["share_iou_0_5"] == pytest.approx(0.5)  # IoU 0.5 counts as found
+
+
+def test_box_error_tells_a_shifted_box_from_a_short_one() -> None:
+    """Offsets in mm along each array axis (spacing z, y, x), sizes as predicted over labelled extent."""
+    truth = [0.0, 10.0, 20.0, 10.0, 30.0, 40.0]
+    shifted = OrganScore("liver", truth, [2.0, 10.0, 20.0, 12.0, 30.0, 40.0], 0.9, 0.0)
+    short = OrganScore("vertebrae_L1", truth, [2.5, 10.0, 20.0, 7.5, 30.0, 40.0], 0.9, 0.0)
+    spacing = (3.0, 0.5, 0.5)
+    assert box_error(shifted, spacing) == {"centre_offset_mm": [6.0, 0.0, 0.0], "size_ratio": [1.0, 1.0, 1.0]}
+    assert box_error(short, spacing) == {"centre_offset_mm": [0.0, 0.0, 0.0], "size_ratio": [0.5, 1.0, 1.0]}
+    assert box_error(OrganScore("spleen", truth, None, None, 0.0), spacing) is None

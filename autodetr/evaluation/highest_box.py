@@ -5,6 +5,8 @@ the detector knows: its ground-truth box is the bounding box of the voxels with 
 the scan's field of view where the organ is cut, as it is), and the detector's answer is its
 highest-scored box of that class (none: IoU 0). The summary gives the mean IoU over the organs present,
 how many have a box at all and the share at IoU >= 0.5. mAP over one case says less than this.
+`box_error` says how a box misses: its centre's offset (mm) and its size over the labelled size per axis, so
+a box drawn the right size in the wrong place reads apart from one drawn too short in the right place.
 """
 from __future__ import annotations
 
@@ -60,6 +62,19 @@ def highest_box_ious(label_map: np.ndarray, label_names: Mapping[int, str], clas
         iou = float(box_iou(box[None], boxes[best][None])[0, 0])
         result.append(OrganScore(name, box.tolist(), boxes[best].tolist(), float(scores[best]), iou))
     return result
+
+
+def box_error(organ: OrganScore, spacing: Sequence[float]) -> dict | None:
+    """How `organ`'s predicted box misses its labelled box, per array axis (z, y, x; `spacing` in mm, same order):
+    the centre's offset in mm (predicted minus labelled, signed along the array's axes) and the size ratio
+    (predicted over labelled extent; 1 is the right size). None where the detector gave no box."""
+    if organ.predicted is None:
+        return None
+    truth, predicted = np.asarray(organ.truth, np.float64), np.asarray(organ.predicted, np.float64)
+    spacing = np.asarray(spacing, np.float64)
+    offset = ((predicted[:3] + predicted[3:]) - (truth[:3] + truth[3:])) / 2 * spacing
+    size = (predicted[3:] - predicted[:3]) / np.maximum(truth[3:] - truth[:3], 1e-9)
+    return {"centre_offset_mm": [round(float(v), 1) for v in offset], "size_ratio": [round(float(v), 2) for v in size]}
 
 
 def summarise(organs: Sequence[OrganScore]) -> dict:
