@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from autodetr.boxes import box_iou, boxes_from_label_map
+from autodetr.boxes import box_iou, boxes_from_label_map, corners_to_centre
 
 #: IoU at which an organ counts as found in the right place.
 FOUND_IOU = 0.5
@@ -70,10 +70,9 @@ def box_error(organ: OrganScore, spacing: Sequence[float]) -> dict | None:
     (predicted over labelled extent; 1 is the right size). None where the detector gave no box."""
     if organ.predicted is None:
         return None
-    truth, predicted = np.asarray(organ.truth, np.float64), np.asarray(organ.predicted, np.float64)
-    spacing = np.asarray(spacing, np.float64)
-    offset = ((predicted[:3] + predicted[3:]) - (truth[:3] + truth[3:])) / 2 * spacing
-    size = (predicted[3:] - predicted[:3]) / np.maximum(truth[3:] - truth[:3], 1e-9)
+    truth, predicted = corners_to_centre(np.asarray([organ.truth, organ.predicted], np.float64))
+    offset = (predicted[:3] - truth[:3]) * np.asarray(spacing, np.float64)
+    size = predicted[3:] / np.maximum(truth[3:], 1e-9)
     return {"centre_offset_mm": [round(float(v), 1) for v in offset], "size_ratio": [round(float(v), 2) for v in size]}
 
 
