@@ -10,8 +10,9 @@ neighbouring boxes overlap in z. Phantoms with those processes (boxes 49 mm, com
 the packaged recipe (`--anatomy mixed`, 80 CPU minutes, 6954 steps against 1.4's 6359) to a real-example mean IoU of
 0.430 against 0.473: L1, the vertebra it was meant to help, fell 0.47 -> 0.21 (its box drawn on L2, 89 % of its
 voxels called background), L2 0.58 -> 0.57; on phantoms of its own kind it scored as 1.4 does on its own (mean of
-three sets 0.598 against 0.607). One run cannot tell this from run-to-run spread (L1 moved 0.21 -> 0.47 between
-earlier runs), but it gave no support, so the labels were not changed (docs/real_ct.md).
+three sets 0.598 against 0.607). One run cannot tell this from run-to-run spread: 1.4's own recipe with only the
+training seed changed scores 0.375, L1 0.18 (docs/real_ct.md, "The training seed alone"), so the change is
+untested rather than harmful; the labels were not changed. Re-judge it with several seeds per arm.
 """
 from __future__ import annotations
 
